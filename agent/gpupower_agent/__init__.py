@@ -1,0 +1,1 @@
+"""gpupower node agent: applies planned per-GPU power caps through NVML."""

@@ -1,0 +1,1 @@
+"""gpupower API: the GpuPowerBudget models, the operator/agent contract and label selectors."""

@@ -1,0 +1,347 @@
+"""The GpuPowerBudget API (gpupower.dev/v1alpha1) as pydantic models.
+
+These models are the single source of truth: the CRD in ``crds/`` is generated
+from them (``make crds``), the operator validates every object it reads with
+them, and the agent reads budget status through them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "gpupower.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "GpuPowerBudget"
+PLURAL = "gpupowerbudgets"
+SINGULAR = "gpupowerbudget"
+SHORT_NAME = "gpb"
+
+MAX_TARGETS = 16
+MAX_PROFILE_POINTS = 64
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry; the generator copies it into the CRD."""
+    entry = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """Base for API objects: camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class Mode(StrEnum):
+    ENFORCE = "Enforce"
+    ADVISORY = "Advisory"
+
+
+class Strategy(StrEnum):
+    OPTIMIZE = "Optimize"
+    PROPORTIONAL = "Proportional"
+
+
+class WorkloadRef(ApiModel):
+    """The workload a target scales: any kind with a ``/scale`` subresource."""
+
+    api_version: str = Field(default="apps/v1", min_length=1, description="API version of the workload.")
+    kind: str = Field(default="Deployment", min_length=1, description="Kind of the workload.")
+    name: str = Field(min_length=1, description="Name of the workload in the budget's namespace.")
+
+
+class CapRange(ApiModel):
+    """The per-GPU power caps a target may be given, in watts."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.min <= self.max", "capWatts.min must be <= capWatts.max", ".min")
+            ]
+        }
+    )
+
+    min: int = Field(gt=0, description="Lowest per-GPU cap in watts.")
+    max: int = Field(gt=0, description="Highest per-GPU cap in watts.")
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Self:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class ProfilePoint(ApiModel):
+    """Per-replica throughput measured at one per-GPU cap."""
+
+    watts: float = Field(gt=0, description="Per-GPU cap in watts at which the throughput was measured.")
+    throughput: float = Field(ge=0, description="Throughput of one replica at that cap, in the profile's unit.")
+
+
+class Profile(ApiModel):
+    """Per-replica throughput as a function of the per-GPU cap; linear between points, flat beyond."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.points.map(p, p.watts).isSorted()"
+                    " && self.points.all(p, self.points.exists_one(q, q.watts == p.watts))",
+                    "profile.points must have strictly increasing watts",
+                    ".points",
+                ),
+                cel(
+                    "self.points.map(p, p.throughput).isSorted()",
+                    "profile.points throughput must not decrease as watts increase",
+                    ".points",
+                ),
+            ]
+        }
+    )
+
+    unit: str = Field(default="requests/s", description="Unit of throughput and demand, e.g. tokens/s.")
+    points: list[ProfilePoint] = Field(min_length=1, max_length=MAX_PROFILE_POINTS)
+
+    @field_validator("points")
+    @classmethod
+    def _ordered(cls, points: list[ProfilePoint]) -> list[ProfilePoint]:
+        for index, (before, after) in enumerate(zip(points, points[1:], strict=False), start=1):
+            if after.watts <= before.watts:
+                raise ValueError(
+                    f"points[{index}].watts ({after.watts:g}) must be greater than "
+                    f"points[{index - 1}].watts ({before.watts:g})"
+                )
+            if after.throughput < before.throughput:
+                raise ValueError(
+                    f"points[{index}].throughput ({after.throughput:g}) must not be below "
+                    f"points[{index - 1}].throughput ({before.throughput:g})"
+                )
+        return points
+
+
+class Target(ApiModel):
+    """One worker role: its workload, its bounds, its power/throughput profile and its demand."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "minReplicas must be <= maxReplicas",
+                    ".minReplicas",
+                )
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of the role.")
+    workload_ref: WorkloadRef
+    gpus_per_replica: int = Field(default=1, ge=1, le=64, description="GPUs each replica uses.")
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas the plan may give.")
+    max_replicas: int = Field(ge=0, le=10000, description="Most replicas the plan may give.")
+    cap_watts: CapRange | None = Field(
+        default=None,
+        description="Per-GPU cap range in watts; when omitted, the profile's first and last points.",
+    )
+    profile: Profile
+    demand: float | None = Field(
+        default=None, ge=0, description="Static demand in the profile's unit; omitted means none."
+    )
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+    def cap_range(self) -> CapRange:
+        """The cap range the planner uses: ``capWatts`` or, without it, the profile's span."""
+        if self.cap_watts is not None:
+            return self.cap_watts
+        low = self.profile.points[0].watts
+        high = self.profile.points[-1].watts
+        return CapRange(min=max(1, round(low)), max=max(1, round(high)))
+
+
+class BudgetSpec(ApiModel):
+    """Desired state: the power budget and the roles it covers."""
+
+    total_watts: int = Field(gt=0, description="Power budget in watts for all GPUs of all targets.")
+    mode: Mode = Field(default=Mode.ENFORCE, description="Enforce: annotate pods and scale; Advisory: status only.")
+    strategy: Strategy = Field(default=Strategy.OPTIMIZE, description="Planning algorithm.")
+    safe_default_watts: int = Field(
+        gt=0, description="Per-GPU cap the agent applies when caps conflict or cannot be trusted."
+    )
+    cap_step_watts: int = Field(default=5, ge=1, le=1000, description="Grid step of planned caps in watts.")
+    targets: list[Target] = Field(min_length=1, max_length=MAX_TARGETS)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, targets: list[Target]) -> list[Target]:
+        seen: set[str] = set()
+        for index, target in enumerate(targets):
+            if target.name in seen:
+                raise ValueError(f"targets[{index}].name {target.name!r} is used by another target")
+            seen.add(target.name)
+        return targets
+
+
+# ---------------------------------------------------------------------------
+# Status
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition."""
+
+    type: str
+    status: ConditionStatus
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+
+
+class TargetStatus(ApiModel):
+    """The plan for one target and what was observed of it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    name: str
+    selector: str | None = Field(default=None, description="Label selector of the workload's pods.")
+    current_replicas: int | None = None
+    desired_replicas: int = Field(description="Replicas demand alone asks for at the max cap.")
+    planned_replicas: int
+    cap_watts: int = Field(description="Planned per-GPU cap in watts.")
+    projected_watts: float = Field(description="Planned power of the target in watts.")
+    capacity: float = Field(description="Planned throughput in the profile's unit.")
+    demand: float | None = None
+    served_fraction: float
+    pods_annotated: int = 0
+    observed_watts: float | None = None
+
+
+class BudgetStatus(ApiModel):
+    """Observed state: the plan, its totals and the conditions."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    strategy: str | None = None
+    budget_watts: int | None = None
+    planned_watts: float | None = None
+    observed_watts: float | None = None
+    utilization: float | None = None
+    served_fraction: float | None = None
+    replicas: str | None = Field(default=None, description="Planned/desired replicas over all targets.")
+    reason: str | None = None
+    targets: list[TargetStatus] = Field(default_factory=list)
+
+    def target(self, name: str) -> TargetStatus | None:
+        return next((t for t in self.targets if t.name == name), None)
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+class GpuPowerBudget(ApiModel):
+    """A whole GpuPowerBudget object as read from the API or a file."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    api_version: str
+    kind: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: BudgetSpec
+    status: BudgetStatus | None = None
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if value != API_VERSION:
+            raise ValueError(f"must be {API_VERSION!r}, got {value!r}")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value != KIND:
+            raise ValueError(f"must be {KIND!r}, got {value!r}")
+        return value
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace", "default"))
+
+
+class InvalidSpecError(ValueError):
+    """A budget that fails validation; ``field`` is the path of the first offending field."""
+
+    def __init__(self, field: str, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        self.field = field
+        self.errors = errors or [(field, message)]
+        super().__init__(f"{field}: {message}")
+
+
+def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part and not part.startswith("function-"):
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "") -> InvalidSpecError:
+    """Turn a pydantic error into one naming the offending field, e.g. ``spec.targets[0].capWatts``."""
+    errors: list[tuple[str, str]] = []
+    for item in error.errors(include_url=False):
+        loc = tuple(part for part in item["loc"] if not (isinstance(part, str) and "[" in part))
+        message = str(item["msg"]).removeprefix("Value error, ")
+        errors.append((_path(prefix, loc) or prefix or "object", message))
+    field, message = errors[0]
+    return InvalidSpecError(field, message, errors)
+
+
+def parse_spec(raw: dict[str, Any], prefix: str = "spec") -> BudgetSpec:
+    """Validate a raw spec dict; raise :class:`InvalidSpecError` naming the field on failure."""
+    try:
+        return BudgetSpec.model_validate(raw)
+    except ValidationError as error:
+        raise describe_validation_error(error, prefix) from None
+
+
+def parse_budget(raw: dict[str, Any]) -> GpuPowerBudget:
+    """Validate a whole object (apiVersion, kind, spec); raise :class:`InvalidSpecError` on failure."""
+    if not isinstance(raw, dict):
+        raise InvalidSpecError("object", f"expected a mapping, got {type(raw).__name__}")
+    try:
+        return GpuPowerBudget.model_validate(raw)
+    except ValidationError as error:
+        raise describe_validation_error(error) from None

@@ -1,0 +1,1 @@
+"""gpupower operator: plans GPU power budgets and applies them."""

@@ -1,0 +1,42 @@
+"""Session fixtures: one real control plane per test session, one namespace per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.envtest import ControlPlane, start_control_plane, unique_name
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    yield from start_control_plane()
+
+
+@pytest.fixture(scope="session")
+def crd_installed(control_plane: ControlPlane) -> ControlPlane:
+    """The generated CRD applied to the control plane and established."""
+    crd = Path(__file__).resolve().parents[1] / "crds" / "gpupowerbudgets.yaml"
+    control_plane.kubectl("apply", "-f", str(crd))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/gpupowerbudgets.gpupower.dev", "--timeout=30s"
+    )
+    return control_plane
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    name = unique_name("t")
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def requires_controllers(control_plane: ControlPlane) -> ControlPlane:
+    if not control_plane.has_controllers:
+        pytest.skip("the control-plane binaries have no kube-controller-manager (standard envtest download)")
+    return control_plane
