@@ -56,7 +56,7 @@ class Strategy(StrEnum):
 
 
 class WorkloadRef(ApiModel):
-    """The workload a target scales: any kind with a ``/scale`` subresource."""
+    """The workload a target scales: any kind with a /scale subresource."""
 
     api_version: str = Field(default="apps/v1", min_length=1, description="API version of the workload.")
     kind: str = Field(default="Deployment", min_length=1, description="Kind of the workload.")
