@@ -8,6 +8,7 @@ them, and the agent reads budget status through them.
 from __future__ import annotations
 
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -88,7 +89,9 @@ class ProfilePoint(ApiModel):
     """Per-replica throughput measured at one per-GPU cap."""
 
     watts: float = Field(gt=0, description="Per-GPU cap in watts at which the throughput was measured.")
-    throughput: float = Field(ge=0, description="Throughput of one replica at that cap, in the profile's unit.")
+    throughput: float = Field(
+        ge=0, description="Throughput of one replica at that cap, in the profile's unit."
+    )
 
 
 class Profile(ApiModel):
@@ -118,7 +121,7 @@ class Profile(ApiModel):
     @field_validator("points")
     @classmethod
     def _ordered(cls, points: list[ProfilePoint]) -> list[ProfilePoint]:
-        for index, (before, after) in enumerate(zip(points, points[1:], strict=False), start=1):
+        for index, (before, after) in enumerate(pairwise(points), start=1):
             if after.watts <= before.watts:
                 raise ValueError(
                     f"points[{index}].watts ({after.watts:g}) must be greater than "
@@ -182,7 +185,9 @@ class BudgetSpec(ApiModel):
     """Desired state: the power budget and the roles it covers."""
 
     total_watts: int = Field(gt=0, description="Power budget in watts for all GPUs of all targets.")
-    mode: Mode = Field(default=Mode.ENFORCE, description="Enforce: annotate pods and scale; Advisory: status only.")
+    mode: Mode = Field(
+        default=Mode.ENFORCE, description="Enforce: annotate pods and scale; Advisory: status only."
+    )
     strategy: Strategy = Field(default=Strategy.OPTIMIZE, description="Planning algorithm.")
     safe_default_watts: int = Field(
         gt=0, description="Per-GPU cap the agent applies when caps conflict or cannot be trusted."

@@ -1,0 +1,69 @@
+# gpupower — the two commands people run are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# The envtest kit: $KUBEBUILDER_ASSETS (controller-runtime's convention), else ../shared/envtest.
+ENVTEST_KIT ?= $(abspath ../shared/envtest)
+
+.PHONY: help install crds lint format envtest test test-unit test-cluster demo bench clean
+
+help:
+	@echo "make demo   - install, then run the operator and agents on a local control plane with simulated GPUs"
+	@echo "make test   - install, lint, and run every test (unit, property, end-to-end on a real API server)"
+	@echo "make crds   - regenerate crds/gpupowerbudgets.yaml from the API models"
+	@echo "make bench  - run the benchmarks under bench/"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+crds: $(STAMP)
+	$(PY) -m gpupower_api.crd crds/gpupowerbudgets.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Find the control-plane binaries the envtest way; the tests start and stop the servers themselves.
+envtest:
+	@if [ -n "$$KUBEBUILDER_ASSETS" ]; then \
+		echo "envtest: using binaries in KUBEBUILDER_ASSETS=$$KUBEBUILDER_ASSETS"; \
+	elif [ -x "$(ENVTEST_KIT)/start-envtest" ]; then \
+		"$(ENVTEST_KIT)/start-envtest" extract >/dev/null && echo "envtest: kit at $(ENVTEST_KIT)"; \
+	else \
+		echo "envtest: no control-plane binaries found. Set KUBEBUILDER_ASSETS to a directory holding"; \
+		echo "  kube-apiserver and etcd, e.g. from controller-runtime's setup-envtest:"; \
+		echo "  go install sigs.k8s.io/controller-runtime/tools/setup-envtest@latest"; \
+		echo "  export KUBEBUILDER_ASSETS=\$$(setup-envtest use -p path)"; \
+		if [ -n "$$CI" ]; then exit 1; fi; \
+	fi
+
+test: install lint envtest
+	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(VENV)/bin/pytest -q -p no:cacheprovider
+
+test-unit: install
+	$(VENV)/bin/pytest -q tests/unit
+
+test-cluster: install
+	$(VENV)/bin/pytest -q -m cluster
+
+demo: install
+	$(PY) -m gpupower_operator.cli plan -f manifests/examples/llama-disaggregated.yaml --compare
+
+bench: install
+	$(PY) bench/plan_quality.py
+	$(PY) bench/plan_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

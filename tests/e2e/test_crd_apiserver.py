@@ -1,0 +1,85 @@
+"""The generated CRD on a real API server: examples accepted, invalid budgets rejected naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.envtest import ControlPlane
+
+pytestmark = pytest.mark.envtest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+
+
+def load(path: Path, namespace: str) -> dict[str, Any]:
+    document = yaml.safe_load(path.read_text())
+    document["metadata"]["namespace"] = namespace
+    return document
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_every_example_is_accepted(crd_installed: ControlPlane, namespace: str, example: Path) -> None:
+    document = load(example, namespace)
+    crd_installed.apply(document)
+    stored = crd_installed.get_json("gpb", document["metadata"]["name"], "-n", namespace)
+    # Defaults come from the schema, as the models define them.
+    assert stored["spec"]["capStepWatts"] >= 1
+    assert stored["spec"]["strategy"] in {"Optimize", "Proportional"}
+    assert all("gpusPerReplica" in target for target in stored["spec"]["targets"])
+
+
+def _spec_change(document: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(document)
+    node: Any = changed["spec"]
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[int(last) if last.isdigit() else last] = value
+    return changed
+
+
+INVALID = [
+    ("totalWatts", 0, "spec.totalWatts", "should be greater than or equal to 1"),
+    ("safeDefaultWatts", -10, "spec.safeDefaultWatts", "should be greater than or equal to 1"),
+    ("mode", "DryRun", "spec.mode", 'Unsupported value: "DryRun"'),
+    ("strategy", "Greedy", "spec.strategy", 'Unsupported value: "Greedy"'),
+    ("targets.0.minReplicas", 99, "spec.targets[0].minReplicas", "minReplicas must be <= maxReplicas"),
+    ("targets.0.capWatts.min", 900, "spec.targets[0].capWatts.min", "capWatts.min must be <= capWatts.max"),
+    ("targets.0.name", "Prefill", "spec.targets[0].name", "should match"),
+    ("targets.1.name", "prefill", "spec.targets[1]", "Duplicate value"),
+    ("targets.0.gpusPerReplica", 0, "spec.targets[0].gpusPerReplica", "greater than or equal to 1"),
+    (
+        "targets.0.profile.points",
+        [{"watts": 400, "throughput": 10}, {"watts": 300, "throughput": 12}],
+        "spec.targets[0].profile.points",
+        "strictly increasing watts",
+    ),
+    (
+        "targets.0.profile.points",
+        [{"watts": 300, "throughput": 12}, {"watts": 400, "throughput": 10}],
+        "spec.targets[0].profile.points",
+        "throughput must not decrease",
+    ),
+    ("targets.0.profile.points", [], "spec.targets[0].profile.points", "should have at least 1 items"),
+    ("targets", [], "spec.targets", "should have at least 1 items"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "words"), INVALID, ids=[case[0] + ":" + case[3] for case in INVALID]
+)
+def test_invalid_budget_is_rejected_naming_the_field(
+    crd_installed: ControlPlane, namespace: str, path: str, value: Any, field: str, words: str
+) -> None:
+    document = _spec_change(load(EXAMPLES[0], namespace), path, value)
+    document["metadata"]["name"] = "invalid"
+    result = crd_installed.kubectl("apply", "-f", "-", input=yaml.safe_dump(document), check=False)
+    assert result.returncode != 0, f"the API server accepted an invalid budget ({path}={value!r})"
+    assert field in result.stderr, result.stderr
+    assert words in result.stderr, result.stderr

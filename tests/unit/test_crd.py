@@ -1,0 +1,101 @@
+"""The committed CRD is what the models generate, and the examples validate against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from gpupower_api import crd
+from gpupower_api.models import parse_budget
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "gpupowerbudgets.yaml"
+EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+
+
+def schema() -> dict[str, Any]:
+    document = yaml.safe_load(CRD_FILE.read_text())
+    return document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_committed_crd_matches_the_models() -> None:
+    assert CRD_FILE.read_text() == crd.render(), "crds/ is stale: run `make crds` and commit the result"
+
+
+def test_crd_has_the_documented_shape() -> None:
+    document = yaml.safe_load(CRD_FILE.read_text())
+    spec = document["spec"]
+    assert document["metadata"]["name"] == "gpupowerbudgets.gpupower.dev"
+    assert spec["names"]["shortNames"] == ["gpb"]
+    version = spec["versions"][0]
+    assert version["name"] == "v1alpha1"
+    assert version["subresources"] == {"status": {}}
+    columns = [column["name"] for column in version["additionalPrinterColumns"]]
+    assert columns == ["Budget", "Planned", "Observed", "Replicas", "Ready", "Age"]
+    rules = [
+        rule["rule"]
+        for node in _walk(version["schema"]["openAPIV3Schema"])
+        for rule in node.get("x-kubernetes-validations", [])
+    ]
+    assert any("minReplicas <= self.maxReplicas" in rule for rule in rules)
+    assert any("self.min <= self.max" in rule for rule in rules)
+    assert any("isSorted" in rule for rule in rules)
+    spec_props = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec_props["mode"]["enum"] == ["Enforce", "Advisory"]
+    assert spec_props["mode"]["default"] == "Enforce"
+    assert spec_props["totalWatts"]["minimum"] == 1
+    assert spec_props["targets"]["x-kubernetes-list-map-keys"] == ["name"]
+
+
+def _walk(node: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        found.append(node)
+        for value in node.values():
+            found.extend(_walk(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_walk(value))
+    return found
+
+
+def _structural_problems(node: dict[str, Any], path: str = "") -> list[str]:
+    """Kubernetes structural-schema rules: every node has a type, no combinators or refs."""
+    problems = []
+    if "type" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        problems.append(f"{path or '.'}: no type")
+    for banned in ("$ref", "anyOf", "oneOf", "allOf", "not", "title", "additionalProperties"):
+        if banned in node:
+            problems.append(f"{path}: {banned}")
+    for name, sub in node.get("properties", {}).items():
+        problems += _structural_problems(sub, f"{path}.{name}")
+    if "items" in node:
+        problems += _structural_problems(node["items"], f"{path}[]")
+    return problems
+
+
+def test_schema_is_structural() -> None:
+    assert _structural_problems(schema()) == []
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_examples_validate_against_the_generated_schema(example: Path) -> None:
+    assert EXAMPLES, "no examples under manifests/examples"
+    for document in yaml.safe_load_all(example.read_text()):
+        jsonschema.Draft4Validator(schema()).validate(document)
+        parse_budget(document)
+
+
+def test_schema_rejects_what_the_models_reject() -> None:
+    document = yaml.safe_load(EXAMPLES[0].read_text())
+    document["spec"]["totalWatts"] = 0
+    with pytest.raises(jsonschema.ValidationError, match="minimum"):
+        jsonschema.Draft4Validator(schema()).validate(document)
+    document["spec"]["totalWatts"] = 100
+    document["spec"]["mode"] = "DryRun"
+    with pytest.raises(jsonschema.ValidationError, match="DryRun"):
+        jsonschema.Draft4Validator(schema()).validate(document)

@@ -1,0 +1,157 @@
+"""Validation of the GpuPowerBudget spec: every bad field gets an error that names it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from gpupower_api.models import (
+    API_VERSION,
+    KIND,
+    BudgetSpec,
+    InvalidSpecError,
+    Mode,
+    Strategy,
+    parse_budget,
+    parse_spec,
+)
+
+
+def valid_spec() -> dict[str, Any]:
+    return {
+        "totalWatts": 6000,
+        "safeDefaultWatts": 300,
+        "targets": [
+            {
+                "name": "prefill",
+                "workloadRef": {"name": "prefill"},
+                "maxReplicas": 8,
+                "capWatts": {"min": 200, "max": 700},
+                "profile": {"points": [{"watts": 200, "throughput": 5}, {"watts": 700, "throughput": 10}]},
+                "demand": 40,
+            },
+            {
+                "name": "decode",
+                "workloadRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "decode"},
+                "gpusPerReplica": 2,
+                "minReplicas": 0,
+                "maxReplicas": 4,
+                "profile": {"points": [{"watts": 300, "throughput": 3}]},
+            },
+        ],
+    }
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """A valid spec with one value replaced (``path`` like ``targets.0.capWatts.min``); DELETE removes it."""
+    spec = valid_spec()
+    node: Any = spec
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    key: Any = int(last) if last.isdigit() else last
+    if value is DELETE:
+        del node[key]
+    else:
+        node[key] = value
+    return spec
+
+
+DELETE = object()
+
+
+def test_valid_spec_gets_defaults() -> None:
+    spec = parse_spec(valid_spec())
+    assert spec.mode is Mode.ENFORCE
+    assert spec.strategy is Strategy.OPTIMIZE
+    assert spec.cap_step_watts == 5
+    decode = spec.targets[1]
+    assert decode.workload_ref.kind == "StatefulSet"
+    assert decode.demand is None
+    assert spec.targets[0].min_replicas == 1
+    assert spec.targets[0].gpus_per_replica == 1
+
+
+def test_cap_range_defaults_to_the_profile_span() -> None:
+    spec = parse_spec(valid_spec())
+    assert (spec.targets[0].cap_range().min, spec.targets[0].cap_range().max) == (200, 700)
+    assert (spec.targets[1].cap_range().min, spec.targets[1].cap_range().max) == (300, 300)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "words"),
+    [
+        ("totalWatts", 0, "spec.totalWatts", "greater than 0"),
+        ("totalWatts", -5, "spec.totalWatts", "greater than 0"),
+        ("totalWatts", "lots", "spec.totalWatts", "integer"),
+        ("totalWatts", DELETE, "spec.totalWatts", "required"),
+        ("safeDefaultWatts", 0, "spec.safeDefaultWatts", "greater than 0"),
+        ("safeDefaultWatts", DELETE, "spec.safeDefaultWatts", "required"),
+        ("mode", "DryRun", "spec.mode", "Enforce"),
+        ("strategy", "Greedy", "spec.strategy", "Optimize"),
+        ("capStepWatts", 0, "spec.capStepWatts", "greater than or equal to 1"),
+        ("targets", [], "spec.targets", "at least 1"),
+        ("targets.0.name", "Prefill_1", "spec.targets[0].name", "pattern"),
+        ("targets.1.name", "prefill", "spec.targets", "targets[1].name 'prefill' is used by another target"),
+        ("targets.0.workloadRef", DELETE, "spec.targets[0].workloadRef", "required"),
+        ("targets.0.workloadRef.name", "", "spec.targets[0].workloadRef.name", "at least 1"),
+        ("targets.0.gpusPerReplica", 0, "spec.targets[0].gpusPerReplica", "greater than or equal to 1"),
+        ("targets.0.minReplicas", -1, "spec.targets[0].minReplicas", "greater than or equal to 0"),
+        ("targets.0.minReplicas", 9, "spec.targets[0]", "minReplicas (9) must be <= maxReplicas (8)"),
+        ("targets.0.maxReplicas", DELETE, "spec.targets[0].maxReplicas", "required"),
+        ("targets.0.capWatts.min", 800, "spec.targets[0].capWatts", "min (800) must be <= max (700)"),
+        ("targets.0.capWatts.min", 0, "spec.targets[0].capWatts.min", "greater than 0"),
+        ("targets.0.profile.points", [], "spec.targets[0].profile.points", "at least 1"),
+        ("targets.0.profile.points.0.watts", 0, "spec.targets[0].profile.points[0].watts", "greater than 0"),
+        ("targets.0.profile.points.0.watts", 700, "spec.targets[0].profile.points", "points[1].watts (700)"),
+        (
+            "targets.0.profile.points.1.throughput",
+            4,
+            "spec.targets[0].profile.points",
+            "points[1].throughput (4)",
+        ),
+        ("targets.0.profile.points.0.throughput", -1, "spec.targets[0].profile.points[0].throughput", ">= 0"),
+        ("targets.0.demand", -3, "spec.targets[0].demand", "greater than or equal to 0"),
+        ("targets.0.surprise", 1, "spec.targets[0].surprise", "not permitted"),
+    ],
+)
+def test_each_invalid_field_is_named(path: str, value: Any, field: str, words: str) -> None:
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(with_change(path, value))
+    assert caught.value.field == field
+    message = str(caught.value)
+    assert message.startswith(f"{field}: ")
+    if words == ">= 0":
+        words = "greater than or equal to 0"
+    assert words in message
+
+
+def test_all_errors_are_reported_not_only_the_first() -> None:
+    spec = with_change("totalWatts", 0)
+    spec["safeDefaultWatts"] = -1
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(spec)
+    fields = [field for field, _ in caught.value.errors]
+    assert fields == ["spec.totalWatts", "spec.safeDefaultWatts"]
+
+
+def test_whole_object_checks_api_version_and_kind() -> None:
+    obj = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "b"}, "spec": valid_spec()}
+    assert parse_budget(obj).name == "b"
+    wrong_kind = copy.deepcopy(obj) | {"kind": "Deployment"}
+    with pytest.raises(InvalidSpecError, match=r"^kind: must be 'GpuPowerBudget'"):
+        parse_budget(wrong_kind)
+    wrong_version = copy.deepcopy(obj) | {"apiVersion": "gpupower.dev/v1"}
+    with pytest.raises(InvalidSpecError, match=r"^apiVersion: must be 'gpupower.dev/v1alpha1'"):
+        parse_budget(wrong_version)
+    with pytest.raises(InvalidSpecError, match=r"^object: expected a mapping"):
+        parse_budget(["not", "a", "mapping"])  # type: ignore[arg-type]
+
+
+def test_models_round_trip_through_camel_case() -> None:
+    spec = parse_spec(valid_spec())
+    again = BudgetSpec.model_validate(spec.model_dump(by_alias=True))
+    assert again == spec
+    assert "totalWatts" in spec.model_dump(by_alias=True)
