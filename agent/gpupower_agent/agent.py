@@ -1,0 +1,310 @@
+"""The agent's imperative shell: gather pods, budgets, GPU mapping and limits; apply the decisions.
+
+Level-triggered: every reconcile computes every GPU's limit from what is observed
+now, so a missed event or a restart never leaves a GPU wrong for long. Fail-safe:
+an unreadable API or mapping keeps the last caps; NVML errors are counted and
+retried with backoff per GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpupower_agent.cluster import BudgetView, PodKey, PodView
+from gpupower_agent.mapping import Assignments, GpuMapping, MappingError, resolve
+from gpupower_agent.metrics import AgentMetrics
+from gpupower_agent.nvml import Gpu, NvmlError, PowerControl
+from gpupower_agent.policy import Action, GpuDecision, GpuSnapshot, NodePlan, Reason, plan_node
+from gpupower_agent.state import CorruptStateError, load_state, save_state
+from gpupower_agent.trust import BudgetIndex, Verdict
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN_SECONDS = 0.5
+RETRY_MAX_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Retry:
+    failures: int
+    next_attempt: float
+
+
+def next_retry(previous: Retry | None, now: float) -> Retry:
+    """Exponential backoff per GPU: 0.5 s, 1 s, 2 s ... up to a minute."""
+    failures = 1 if previous is None else previous.failures + 1
+    delay = min(RETRY_MIN_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
+    return Retry(failures, now + delay)
+
+
+def _pods_text(pods: Iterable[PodKey]) -> str:
+    return ",".join(str(p) for p in pods) or "-"
+
+
+class Agent:
+    """Holds what must survive between reconciles: the GPUs capped, retries, what was already reported."""
+
+    def __init__(
+        self,
+        node_name: str,
+        nvml: PowerControl,
+        mapping: GpuMapping,
+        metrics: AgentMetrics,
+        safe_default_watts: int,
+        state_file: Path | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_name = node_name
+        self.nvml = nvml
+        self.mapping = mapping
+        self.metrics = metrics
+        self.safe_default_watts = safe_default_watts
+        self.state_file = state_file
+        self._clock = clock
+        self._gpus: dict[str, Gpu] = {gpu.uuid: gpu for gpu in nvml.gpus()}
+        self.managed: set[str] = set()
+        self._retries: dict[str, Retry] = {}
+        self._assignments: Assignments | None = None
+        self._mapping_failing = False
+        self._reported_untrusted: set[tuple[PodKey, str]] = set()
+        self._reported_awaiting: set[PodKey] = set()
+        self._reported_conflicts: dict[str, tuple[PodKey, ...]] = {}
+        self._reported_clamps: set[tuple[str, int, int]] = set()
+        for gpu in self._gpus.values():
+            self.metrics.gpu_managed.labels(gpu.uuid, str(gpu.index)).set(0)
+
+    # -- state file
+
+    def load_state(self) -> None:
+        """Adopt the GPUs a previous run capped; a corrupt file is reported and ignored."""
+        if self.state_file is None:
+            return
+        try:
+            state = load_state(self.state_file)
+        except CorruptStateError as error:
+            log.warning(
+                "event=state_file_corrupt path=%s error=%r action=ignored", self.state_file, str(error)
+            )
+            return
+        if state is None:
+            log.info("event=state_file_missing path=%s action=start_empty", self.state_file)
+            return
+        if state.node_name != self.node_name:
+            log.warning(
+                "event=state_file_other_node path=%s state_node=%s node=%s",
+                self.state_file,
+                state.node_name,
+                self.node_name,
+            )
+        known = state.managed_gpu_uuids & self._gpus.keys()
+        self.managed = set(known)
+        log.info("event=state_loaded path=%s managed_gpus=%d", self.state_file, len(known))
+
+    def _save_state(self) -> None:
+        if self.state_file is None:
+            return
+        try:
+            save_state(self.state_file, self.node_name, self.managed)
+        except OSError as error:
+            log.error("event=state_file_write_failed path=%s error=%r", self.state_file, str(error))
+
+    # -- reconcile
+
+    def next_retry_at(self) -> float | None:
+        return min((r.next_attempt for r in self._retries.values()), default=None)
+
+    async def _read_assignments(self) -> Assignments | None:
+        try:
+            assignments = await self.mapping.assignments()
+        except MappingError as error:
+            self.metrics.mapping_errors_total.labels(error.source).inc()
+            if not self._mapping_failing:
+                log.warning("event=mapping_error error=%r action=keep_last_mapping", str(error))
+            self._mapping_failing = True
+            return self._assignments
+        if self._mapping_failing:
+            log.info("event=mapping_recovered source=%s", self.mapping.source)
+        self._mapping_failing = False
+        self._assignments = assignments
+        return assignments
+
+    def _read_limit(self, gpu: Gpu) -> int | None:
+        try:
+            return self.nvml.power_limit_watts(gpu.uuid)
+        except NvmlError as error:
+            self.metrics.nvml_errors_total.labels(error.operation, error.kind.value).inc()
+            log.warning(
+                "event=nvml_error op=get uuid=%s index=%d kind=%s", gpu.uuid, gpu.index, error.kind.value
+            )
+            return None
+
+    async def reconcile(self, pods: Collection[PodView], budgets: Iterable[BudgetView]) -> NodePlan | None:
+        """One full pass over the node's GPUs; None when the GPU mapping has never been readable."""
+        started = time.perf_counter()
+        assignments = await self._read_assignments()
+        if assignments is None:
+            return None
+        on_gpu = resolve(assignments, pods)
+        snapshots = [
+            GpuSnapshot(gpu.uuid, gpu.constraints, self._read_limit(gpu)) for gpu in self._gpus.values()
+        ]
+        plan = plan_node(
+            snapshots, pods, on_gpu, BudgetIndex.build(budgets), self.managed, self.safe_default_watts
+        )
+        self._report(plan)
+        limits = {s.uuid: s.current_limit_watts for s in snapshots}
+        for decision in plan.decisions:
+            limits[decision.uuid] = self._apply(decision, limits[decision.uuid])
+        self._export(limits, on_gpu)
+        self.metrics.reconcile_duration_seconds.observe(time.perf_counter() - started)
+        return plan
+
+    def _report(self, plan: NodePlan) -> None:
+        """Log and count what is new since the last reconcile (one line per change, not per tick)."""
+        untrusted = {
+            (cap.pod, str(cap.reason)) for cap in plan.pod_caps.values() if cap.verdict is Verdict.UNTRUSTED
+        }
+        for cap in plan.pod_caps.values():
+            if (
+                cap.verdict is Verdict.UNTRUSTED
+                and (cap.pod, str(cap.reason)) not in self._reported_untrusted
+            ):
+                self.metrics.untrusted_caps_total.labels(str(cap.reason)).inc()
+                self.metrics.safe_default_fallbacks_total.labels("untrusted").inc()
+                log.warning(
+                    "event=cap_untrusted pod=%s reason=%s detail=%r applied_watts=%d",
+                    cap.pod,
+                    cap.reason,
+                    cap.detail,
+                    cap.cap_watts,
+                )
+        self._reported_untrusted = untrusted
+        awaiting = {cap.pod for cap in plan.pod_caps.values() if cap.verdict is Verdict.AWAITING_CAP}
+        for pod in awaiting - self._reported_awaiting:
+            self.metrics.safe_default_fallbacks_total.labels("awaiting_cap").inc()
+            log.info("event=pod_awaiting_cap pod=%s applied_watts=%d", pod, plan.pod_caps[pod].cap_watts)
+        self._reported_awaiting = awaiting
+        conflicts = {d.uuid: d.pods for d in plan.decisions if d.reason is Reason.CONFLICT}
+        for uuid, pods in conflicts.items():
+            if self._reported_conflicts.get(uuid) != pods:
+                self.metrics.conflicts_total.inc()
+                self.metrics.safe_default_fallbacks_total.labels("conflict").inc()
+                caps = ",".join(f"{p}={plan.pod_caps[p].cap_watts}" for p in pods)
+                log.warning("event=cap_conflict uuid=%s pods=%s action=safe_default", uuid, caps)
+        self._reported_conflicts = conflicts
+        clamps = {(d.uuid, d.requested_watts or 0, d.target_watts or 0) for d in plan.decisions if d.clamped}
+        for uuid, requested, target in clamps - self._reported_clamps:
+            self.metrics.clamps_total.inc()
+            gpu = self._gpus[uuid]
+            log.info(
+                "event=cap_clamped uuid=%s requested_watts=%d applied_watts=%d min_watts=%d max_watts=%d",
+                uuid,
+                requested,
+                target,
+                gpu.constraints.min_watts,
+                gpu.constraints.max_watts,
+            )
+        self._reported_clamps = clamps
+
+    def _apply(self, decision: GpuDecision, current_watts: int | None) -> int | None:
+        """Carry out one decision; return the limit the GPU holds afterwards (None: unknown)."""
+        uuid = decision.uuid
+        if decision.action is Action.LEAVE or decision.target_watts is None:
+            return current_watts
+        if decision.action is Action.CAP and uuid not in self.managed:
+            # Recorded before the change, so a crash right after it still knows this GPU is ours.
+            self.managed.add(uuid)
+            self._save_state()
+        if decision.needs_nvml_call:
+            retry = self._retries.get(uuid)
+            if retry is not None and self._clock() < retry.next_attempt:
+                return current_watts
+            gpu = self._gpus[uuid]
+            try:
+                self.nvml.set_power_limit_watts(uuid, decision.target_watts)
+            except NvmlError as error:
+                retry = next_retry(retry, self._clock())
+                self._retries[uuid] = retry
+                self.metrics.nvml_errors_total.labels(error.operation, error.kind.value).inc()
+                log.warning(
+                    "event=nvml_error op=set uuid=%s index=%d kind=%s target_watts=%d failures=%d "
+                    "retry_in_seconds=%.1f",
+                    uuid,
+                    gpu.index,
+                    error.kind.value,
+                    decision.target_watts,
+                    retry.failures,
+                    retry.next_attempt - self._clock(),
+                )
+                return current_watts
+            self._retries.pop(uuid, None)
+            self.metrics.limit_changes_total.labels(decision.action.value).inc()
+            log.info(
+                "event=limit_set uuid=%s index=%d from_watts=%s to_watts=%d action=%s reason=%s pods=%s",
+                uuid,
+                gpu.index,
+                current_watts,
+                decision.target_watts,
+                decision.action.value,
+                decision.reason.value,
+                _pods_text(decision.pods),
+            )
+            current_watts = self._read_limit(gpu)
+        else:
+            self._retries.pop(uuid, None)
+        if decision.action is Action.RESTORE and current_watts == decision.target_watts:
+            self.managed.discard(uuid)
+            self._save_state()
+        return current_watts
+
+    def _export(self, limits: dict[str, int | None], on_gpu: dict[str, tuple[PodKey, ...]]) -> None:
+        holders: list[tuple[str, str, str]] = []
+        for uuid, gpu in self._gpus.items():
+            index = str(gpu.index)
+            limit = limits.get(uuid)
+            if limit is not None:
+                self.metrics.gpu_power_limit_watts.labels(uuid, index).set(limit)
+            self.metrics.gpu_managed.labels(uuid, index).set(1 if uuid in self.managed else 0)
+            try:
+                self.metrics.gpu_power_usage_watts.labels(uuid, index).set(self.nvml.power_usage_watts(uuid))
+            except NvmlError as error:
+                self.metrics.nvml_errors_total.labels(error.operation, error.kind.value).inc()
+            holders.extend((uuid, pod.namespace, pod.name) for pod in on_gpu.get(uuid, ()))
+        self.metrics.set_gpu_pods(holders)
+
+    def restore_all(self) -> None:
+        """Give every GPU the agent capped its default limit back (on SIGTERM)."""
+        for uuid in sorted(self.managed):
+            gpu = self._gpus[uuid]
+            default = gpu.constraints.default_watts
+            try:
+                current = self.nvml.power_limit_watts(uuid)
+                if current != default:
+                    self.nvml.set_power_limit_watts(uuid, default)
+                    log.info(
+                        "event=limit_set uuid=%s index=%d from_watts=%d to_watts=%d action=restore "
+                        "reason=exit",
+                        uuid,
+                        gpu.index,
+                        current,
+                        default,
+                    )
+            except NvmlError as error:
+                self.metrics.nvml_errors_total.labels(error.operation, error.kind.value).inc()
+                log.error("event=restore_failed uuid=%s index=%d kind=%s", uuid, gpu.index, error.kind.value)
+                continue
+            self.managed.discard(uuid)
+        self._save_state()
+
+
+async def wait_for_wake(wake: asyncio.Event, timeout_seconds: float) -> None:
+    """Return when ``wake`` is set or after ``timeout_seconds``."""
+    try:
+        await asyncio.wait_for(wake.wait(), timeout=max(timeout_seconds, 0.0))
+    except TimeoutError:
+        return

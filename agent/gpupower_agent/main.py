@@ -1,0 +1,173 @@
+"""``gpupower-agent``: wire NVML, the GPU mapping, the API watches and the metrics server, then run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from kubernetes_asyncio import client
+
+from gpupower_agent.agent import Agent, wait_for_wake
+from gpupower_agent.cgroups import CgroupMapping
+from gpupower_agent.config import AgentConfig, ConfigError, parse_config
+from gpupower_agent.kube import ApiHealth, budget_informer, load_kube_config, pod_informer
+from gpupower_agent.mapping import GpuMapping, MappingMode
+from gpupower_agent.metrics import AgentMetrics, start_http_server
+from gpupower_agent.nvml import FakeNvml, NvmlError, PowerControl, RealNvml
+from gpupower_agent.podresources import PodResourcesMapping, pod_resources_answers
+
+log = logging.getLogger("gpupower_agent")
+
+NVML_INIT_RETRY_MAX_SECONDS = 30.0
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+
+
+async def open_nvml(config: AgentConfig, stop: asyncio.Event) -> PowerControl | None:
+    """The fake when ``--fake-gpus`` is given, else real NVML (retried with backoff until it loads)."""
+    if config.fake_gpus is not None:
+        log.warning(
+            "event=nvml_fake gpus=%d model=%s state_file=%s note=%r",
+            config.fake_gpus.count,
+            config.fake_gpus.model.name,
+            config.fake_gpu_state,
+            "NVML replaced by the in-memory fake; no hardware is touched",
+        )
+        return FakeNvml(config.node_name, config.fake_gpus, config.fake_gpu_state)
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            return RealNvml()
+        except NvmlError as error:
+            log.error(
+                "event=nvml_init_failed kind=%s error=%r retry_in_seconds=%.0f", error.kind, str(error), delay
+            )
+        await wait_for_wake(stop, delay)
+        delay = min(delay * 2, NVML_INIT_RETRY_MAX_SECONDS)
+    return None
+
+
+async def open_mapping(config: AgentConfig, nvml: PowerControl) -> GpuMapping:
+    mode = config.gpu_mapping
+    if mode is MappingMode.AUTO:
+        answers = await pod_resources_answers(config.pod_resources_socket)
+        mode = MappingMode.POD_RESOURCES if answers else MappingMode.CGROUP
+        log.info(
+            "event=gpu_mapping_chosen mode=%s socket=%s socket_answers=%s",
+            mode.value,
+            config.pod_resources_socket,
+            answers,
+        )
+    if mode is MappingMode.POD_RESOURCES:
+        return PodResourcesMapping(config.pod_resources_socket)
+    return CgroupMapping(nvml, config.proc_root)
+
+
+async def run(config: AgentConfig) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    wake = asyncio.Event()
+
+    def request_stop(signum: int) -> None:
+        log.info("event=signal signal=%s action=stop", signal.Signals(signum).name)
+        stop.set()
+        wake.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, request_stop, signum)
+
+    nvml = await open_nvml(config, stop)
+    if nvml is None:
+        return 0
+    mapping = await open_mapping(config, nvml)
+    metrics = AgentMetrics()
+    gpus = nvml.gpus()
+    metrics.info.labels(
+        config.node_name,
+        "fake" if nvml.is_fake else "real",
+        gpus[0].model if gpus else "none",
+        mapping.source,
+    ).set(1)
+    health = ApiHealth(config.api_unhealthy_seconds)
+
+    def healthy() -> tuple[bool, str]:
+        seconds = health.unreachable_seconds()
+        metrics.api_unreachable_seconds.set(seconds)
+        if health.healthy():
+            return True, "ok"
+        return False, f"kubernetes api unreachable for {seconds:.0f}s (caps kept)"
+
+    runner, port = await start_http_server(metrics, config.metrics_port, healthy, config.metrics_address)
+    log.info("event=metrics_listening address=%s port=%d", config.metrics_address, port)
+
+    agent = Agent(config.node_name, nvml, mapping, metrics, config.safe_default_watts, config.state_file)
+    agent.load_state()
+
+    await load_kube_config()
+    api = client.ApiClient()
+
+    def on_api_error(resource: str) -> None:
+        metrics.api_errors_total.labels(resource).inc()
+
+    pods = pod_informer(api, config.node_name, config.namespace, wake.set, health, on_api_error)
+    budgets = budget_informer(api, config.namespace, wake.set, health, on_api_error)
+    tasks = [asyncio.create_task(pods.run()), asyncio.create_task(budgets.run())]
+    log.info(
+        "event=started node=%s gpus=%d namespace=%s resync_seconds=%g restore_on_exit=%s",
+        config.node_name,
+        len(gpus),
+        config.namespace or "*",
+        config.resync_seconds,
+        config.restore_on_exit,
+    )
+    next_resync = time.monotonic()
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            deadline = min(next_resync, agent.next_retry_at() or next_resync)
+            await wait_for_wake(wake, deadline - now)
+            wake.clear()
+            if stop.is_set():
+                break
+            if time.monotonic() >= next_resync:
+                next_resync = time.monotonic() + config.resync_seconds
+            if pods.synced and budgets.synced:
+                await agent.reconcile(list(pods.items.values()), list(budgets.items.values()))
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if config.restore_on_exit:
+            agent.restore_all()
+        else:
+            log.info("event=exit_without_restore managed_gpus=%d", len(agent.managed))
+        await mapping.close()
+        await api.close()
+        await runner.cleanup()
+        if isinstance(nvml, RealNvml):
+            nvml.shutdown()
+        log.info("event=stopped node=%s", config.node_name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as error:
+        print(f"gpupower-agent: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    return asyncio.run(run(config))

@@ -1,0 +1,1 @@
+"""Generated PodResources v1 protobuf and gRPC modules (see generate.sh)."""
