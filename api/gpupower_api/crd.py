@@ -145,6 +145,8 @@ def build_crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{PLURAL}.{GROUP}",
+            # Argo CD: create the CRD before any GpuPowerBudget in the same sync.
+            "annotations": {"argocd.argoproj.io/sync-wave": "-1"},
             "labels": {"app.kubernetes.io/name": "gpupower", "app.kubernetes.io/component": "crd"},
         },
         "spec": {
