@@ -135,6 +135,109 @@ class Profile(ApiModel):
         return points
 
 
+class Engine(StrEnum):
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    DYNAMO = "dynamo"
+
+
+class PresetMetric(StrEnum):
+    REQUESTS = "requests"
+    PROMPT_TOKENS = "prompt-tokens"
+    GENERATION_TOKENS = "generation-tokens"
+    TOKENS = "tokens"
+
+
+class DemandPreset(ApiModel):
+    """Demand from a serving engine's own metrics, scoped to the target's pods; no PromQL to write."""
+
+    engine: Engine = Field(
+        description="Serving engine whose metrics give the demand: vllm, sglang or dynamo."
+    )
+    metric: PresetMetric = Field(
+        default=PresetMetric.REQUESTS,
+        description="Counted in the profile's unit: requests, prompt-tokens, generation-tokens or tokens.",
+    )
+    window_seconds: int = Field(
+        default=60, ge=5, le=3600, description="Rate window of the demand and latency queries in seconds."
+    )
+
+
+class Sla(ApiModel):
+    """Latency goals; a target missing them gets its effective capacity per replica corrected down."""
+
+    ttft_seconds: float | None = Field(default=None, gt=0, description="Time-to-first-token goal in seconds.")
+    inter_token_latency_seconds: float | None = Field(
+        default=None, gt=0, description="Inter-token latency goal in seconds."
+    )
+    quantile: float = Field(
+        default=0.9, gt=0, lt=1, description="Quantile of the latency histograms compared."
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the budget's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(min_length=1, max_length=253, description="Key in the Secret.")
+
+
+class PrometheusSpec(ApiModel):
+    """Where demand, latency and GPU power come from, and how often they are read."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.caSecretRef) && has(self.insecureSkipVerify) && self.insecureSkipVerify)",
+                    "prometheus.caSecretRef and insecureSkipVerify are mutually exclusive",
+                    ".insecureSkipVerify",
+                )
+            ]
+        }
+    )
+
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of the Prometheus HTTP API; omitted means the operator's --prometheus-url.",
+    )
+    bearer_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a bearer token sent with every query."
+    )
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the PEM CA bundle that signs the server's certificate."
+    )
+    insecure_skip_verify: bool = Field(default=False, description="Do not verify the server's certificate.")
+    timeout_seconds: float = Field(default=5, gt=0, le=120, description="Timeout of one query in seconds.")
+    interval_seconds: int = Field(default=30, ge=1, le=3600, description="Seconds between two reads.")
+    pod_label: str = Field(
+        default="exported_pod", min_length=1, max_length=128, description="DCGM series label naming the pod."
+    )
+    namespace_label: str = Field(
+        default="exported_namespace",
+        min_length=1,
+        max_length=128,
+        description="DCGM series label naming the pod's namespace.",
+    )
+    failures_before_fallback: int = Field(
+        default=3, ge=1, le=100, description="Consecutive failed reads before MetricsAvailable turns False."
+    )
+    drift_checks: int = Field(
+        default=3, ge=1, le=100, description="Consecutive reads a correction must drift before a re-plan."
+    )
+    replan_interval_seconds: int = Field(
+        default=120, ge=0, le=86400, description="Least seconds between two re-plans caused by corrections."
+    )
+
+    @model_validator(mode="after")
+    def _tls_choice(self) -> Self:
+        if self.ca_secret_ref is not None and self.insecure_skip_verify:
+            raise ValueError("caSecretRef and insecureSkipVerify are mutually exclusive")
+        return self
+
+
 class Target(ApiModel):
     """One worker role: its workload, its bounds, its power/throughput profile and its demand."""
 
@@ -145,7 +248,13 @@ class Target(ApiModel):
                     "self.minReplicas <= self.maxReplicas",
                     "minReplicas must be <= maxReplicas",
                     ".minReplicas",
-                )
+                ),
+                cel(
+                    "!(has(self.demandQuery) && has(self.preset))",
+                    "demandQuery and preset are mutually exclusive",
+                    ".demandQuery",
+                ),
+                cel("!has(self.sla) || has(self.preset)", "sla needs a preset", ".sla"),
             ]
         }
     )
@@ -163,6 +272,16 @@ class Target(ApiModel):
     demand: float | None = Field(
         default=None, ge=0, description="Static demand in the profile's unit; omitted means none."
     )
+    demand_query: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="PromQL giving one value, the demand in the profile's unit; overrides static demand.",
+    )
+    preset: DemandPreset | None = Field(
+        default=None, description="Demand from the serving engine's metrics instead of a demandQuery."
+    )
+    sla: Sla | None = Field(default=None, description="Latency goals; needs a preset.")
 
     @model_validator(mode="after")
     def _replicas_ordered(self) -> Self:
@@ -170,6 +289,14 @@ class Target(ApiModel):
             raise ValueError(
                 f"minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_demand_source(self) -> Self:
+        if self.demand_query is not None and self.preset is not None:
+            raise ValueError("demandQuery and preset are mutually exclusive")
+        if self.sla is not None and self.preset is None:
+            raise ValueError("sla needs a preset (the latency histograms are the engine's)")
         return self
 
     def cap_range(self) -> CapRange:
@@ -194,6 +321,9 @@ class BudgetSpec(ApiModel):
     )
     cap_step_watts: int = Field(default=5, ge=1, le=1000, description="Grid step of planned caps in watts.")
     targets: list[Target] = Field(min_length=1, max_length=MAX_TARGETS)
+    prometheus: PrometheusSpec | None = Field(
+        default=None, description="Prometheus for demand, latency and observed GPU power."
+    )
 
     @field_validator("targets")
     @classmethod
@@ -244,6 +374,24 @@ class TargetStatus(ApiModel):
     served_fraction: float
     pods_annotated: int = 0
     observed_watts: float | None = None
+    demand_source: str | None = Field(
+        default=None, description="Where the demand came from: Prometheus, LastGood, Static, Status or None."
+    )
+    observed_throughput: float | None = Field(
+        default=None, description="Throughput served, from the engine's metrics, in the profile's unit."
+    )
+    observed_ttft_seconds: float | None = Field(
+        default=None, description="Observed TTFT quantile in seconds."
+    )
+    observed_inter_token_latency_seconds: float | None = Field(
+        default=None, description="Observed inter-token latency quantile in seconds."
+    )
+    power_factor: float | None = Field(
+        default=None, description="Correction used by the plan: observed watts per GPU / planned cap."
+    )
+    throughput_factor: float | None = Field(
+        default=None, description="Correction used by the plan: real / profiled capacity, SLA included."
+    )
 
 
 class BudgetStatus(ApiModel):

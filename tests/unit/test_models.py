@@ -115,6 +115,41 @@ def test_cap_range_defaults_to_the_profile_span() -> None:
         ("targets.0.profile.points.0.throughput", -1, "spec.targets[0].profile.points[0].throughput", ">= 0"),
         ("targets.0.demand", -3, "spec.targets[0].demand", "greater than or equal to 0"),
         ("targets.0.surprise", 1, "spec.targets[0].surprise", "not permitted"),
+        ("targets.0.preset", {"engine": "triton"}, "spec.targets[0].preset.engine", "vllm"),
+        (
+            "targets.0.preset",
+            {"engine": "vllm", "metric": "joules"},
+            "spec.targets[0].preset.metric",
+            "requests",
+        ),
+        (
+            "targets.0.preset",
+            {"engine": "vllm", "windowSeconds": 1},
+            "spec.targets[0].preset.windowSeconds",
+            "5",
+        ),
+        ("targets.0.demandQuery", "", "spec.targets[0].demandQuery", "at least 1"),
+        ("targets.0.sla", {"ttftSeconds": 0.5}, "spec.targets[0]", "sla needs a preset"),
+        ("prometheus", {"url": "prom:9090"}, "spec.prometheus.url", "pattern"),
+        ("prometheus", {"timeoutSeconds": 0}, "spec.prometheus.timeoutSeconds", "greater than 0"),
+        (
+            "prometheus",
+            {"intervalSeconds": 0},
+            "spec.prometheus.intervalSeconds",
+            "greater than or equal to 1",
+        ),
+        (
+            "prometheus",
+            {"bearerTokenSecretRef": {"name": "t"}},
+            "spec.prometheus.bearerTokenSecretRef.key",
+            "required",
+        ),
+        (
+            "prometheus",
+            {"caSecretRef": {"name": "ca", "key": "ca.crt"}, "insecureSkipVerify": True},
+            "spec.prometheus",
+            "mutually exclusive",
+        ),
     ],
 )
 def test_each_invalid_field_is_named(path: str, value: Any, field: str, words: str) -> None:
@@ -155,3 +190,30 @@ def test_models_round_trip_through_camel_case() -> None:
     again = BudgetSpec.model_validate(spec.model_dump(by_alias=True))
     assert again == spec
     assert "totalWatts" in spec.model_dump(by_alias=True)
+
+
+def test_prometheus_demand_and_sla_fields_parse_with_defaults() -> None:
+    raw = valid_spec()
+    raw["prometheus"] = {"url": "https://prometheus.monitoring:9090"}
+    raw["targets"][0]["preset"] = {"engine": "vllm"}
+    raw["targets"][0]["sla"] = {"ttftSeconds": 0.5}
+    raw["targets"][1]["demandQuery"] = "sum(rate(my_requests_total[1m]))"
+    spec = parse_spec(raw)
+    assert spec.prometheus is not None
+    assert (spec.prometheus.pod_label, spec.prometheus.namespace_label) == (
+        "exported_pod",
+        "exported_namespace",
+    )
+    assert spec.prometheus.interval_seconds == 30
+    preset = spec.targets[0].preset
+    assert preset is not None and (preset.metric, preset.window_seconds) == ("requests", 60)
+    assert spec.targets[0].sla is not None and spec.targets[0].sla.quantile == 0.9
+    assert spec.targets[1].demand_query == "sum(rate(my_requests_total[1m]))"
+
+
+def test_demand_query_and_preset_are_mutually_exclusive() -> None:
+    raw = valid_spec()
+    raw["targets"][0]["preset"] = {"engine": "sglang"}
+    raw["targets"][0]["demandQuery"] = "vector(1)"
+    with pytest.raises(InvalidSpecError, match="demandQuery and preset are mutually exclusive"):
+        parse_spec(raw)
