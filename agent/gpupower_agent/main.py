@@ -32,6 +32,9 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    # Libraries' debug output is per call, not per decision: keep it out of the agent's log.
+    for noisy in ("asyncio", "grpc", "kubernetes_asyncio", "aiohttp"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def open_nvml(config: AgentConfig, stop: asyncio.Event) -> PowerControl | None:

@@ -1,0 +1,406 @@
+"""Helpers to run the real node agent against the real API server: process, fake GPUs, a cuttable proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpupower_agent.nvml import fake_gpu_uuid
+from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
+from tests.envtest import REPO, ControlPlane, source_env, wait_for
+
+AGENT_RBAC = REPO / "manifests" / "agent" / "rbac.yaml"
+NAMESPACE_MANIFEST = REPO / "manifests" / "namespace.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: the kernel kills it if the test process dies (one syscall, no locks)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def agent_kubeconfig(control_plane: ControlPlane, directory: Path) -> Path:
+    """A kubeconfig for the agent's own ServiceAccount, bound by manifests/agent/rbac.yaml."""
+    control_plane.kubectl("apply", "-f", str(NAMESPACE_MANIFEST))
+    control_plane.kubectl("apply", "-f", str(AGENT_RBAC))
+    return control_plane.service_account_kubeconfig("gpupower-system", "gpupower-agent", directory)
+
+
+def with_server(kubeconfig: Path, server: str, directory: Path) -> Path:
+    """A copy of ``kubeconfig`` that talks to ``server`` (e.g. through a proxy)."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = server
+    path = directory / f"{kubeconfig.name}-via-proxy"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def api_server_address(kubeconfig: Path) -> tuple[str, int]:
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    host_port = server.split("://", 1)[1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    return host, int(port)
+
+
+@dataclass
+class AgentProcess:
+    """The real ``python -m gpupower_agent`` with fake GPUs, run for one test or one module."""
+
+    node_name: str
+    kubeconfig: Path
+    workdir: Path
+    socket_path: Path
+    gpus: int = 8
+    model: str = "h100-sxm"
+    safe_default_watts: int = 250
+    extra_args: list[str] = field(default_factory=list)
+    metrics_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def gpu_state_path(self) -> Path:
+        return self.workdir / "fake-gpus.json"
+
+    @property
+    def state_file(self) -> Path:
+        return self.workdir / "agent-state.json"
+
+    def uuid(self, index: int) -> str:
+        return fake_gpu_uuid(self.node_name, index)
+
+    def start(self) -> AgentProcess:
+        self.metrics_port = free_port()
+        runs = len(list(self.workdir.glob("agent-*.log")))
+        self.log_path = self.workdir / f"agent-{runs}.log"
+        args = [
+            sys.executable,
+            "-m",
+            "gpupower_agent",
+            "--node-name",
+            self.node_name,
+            "--gpu-mapping",
+            "pod-resources",
+            "--pod-resources-socket",
+            str(self.socket_path),
+            "--fake-gpus",
+            f"{self.gpus}:{self.model}",
+            "--fake-gpu-state",
+            str(self.gpu_state_path),
+            "--safe-default-watts",
+            str(self.safe_default_watts),
+            "--state-file",
+            str(self.state_file),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--metrics-address",
+            "127.0.0.1",
+            "--resync-seconds",
+            "5",
+            "--log-level",
+            "info",
+            *self.extra_args,
+        ]
+        env = source_env({"KUBECONFIG": str(self.kubeconfig)})
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
+        wait_for(self.healthz_status, timeout=30, what=f"agent metrics endpoint\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def logs_all_runs(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.workdir.glob("agent-*.log")))
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            raise AssertionError(
+                f"agent did not exit within {timeout}s of signal {sig}\n{self.log()}"
+            ) from None
+
+    def _get(self, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def healthz_status(self) -> int | None:
+        if not self.running():
+            raise AssertionError(
+                f"agent exited with {self.process.returncode if self.process else None}\n{self.log()}"
+            )
+        try:
+            return self._get("/healthz")[0]
+        except OSError:
+            return None
+
+    def metrics(self) -> str:
+        return self._get("/metrics")[1]
+
+    def metric_value(self, name: str, **labels: str) -> float | None:
+        """The value of one series in /metrics, or None when absent."""
+        for line in self.metrics().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            series, _, value = line.rpartition(" ")
+            if series == name and not labels:
+                return float(value)
+            if series.startswith(name + "{") and all(f'{k}="{v}"' in series for k, v in labels.items()):
+                return float(value)
+        return None
+
+    def limits(self) -> dict[str, int]:
+        """What the fake hardware holds: GPU UUID -> limit in watts (read from the fake's state file)."""
+        try:
+            gpus = json.loads(self.gpu_state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {gpu["uuid"]: gpu["limitWatts"] for gpu in gpus}
+
+    def limit(self, index: int) -> int | None:
+        return self.limits().get(self.uuid(index))
+
+    def wait_limit(self, index: int, watts: int, timeout: float = 10) -> None:
+        wait_for(
+            lambda: self.limit(index) == watts,
+            timeout=timeout,
+            interval=0.05,
+            what=f"GPU {index} at {watts} W (holds {self.limit(index)} W)\n{self.log()[-4000:]}",
+        )
+
+
+def pod_manifest(
+    name: str,
+    namespace: str,
+    node_name: str,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    gpus: int = 1,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels or {},
+            "annotations": annotations or {},
+        },
+        "spec": {
+            "nodeName": node_name,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.example/inference:1",
+                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                }
+            ],
+        },
+    }
+
+
+def cap_annotations(budget: str, watts: int | str) -> dict[str, str]:
+    return {BUDGET_ANNOTATION: budget, POWER_LIMIT_ANNOTATION: str(watts)}
+
+
+def budget_manifest(name: str, namespace: str, safe_default_watts: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "gpupower.dev/v1alpha1",
+        "kind": "GpuPowerBudget",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "totalWatts": 5000,
+            "mode": "Enforce",
+            "safeDefaultWatts": safe_default_watts,
+            "targets": [
+                {
+                    "name": "decode",
+                    "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "decode"},
+                    "gpusPerReplica": 1,
+                    "minReplicas": 1,
+                    "maxReplicas": 8,
+                    "capWatts": {"min": 200, "max": 700},
+                    "profile": {
+                        "points": [{"watts": 200, "throughput": 5}, {"watts": 700, "throughput": 10}]
+                    },
+                    "demand": 20,
+                }
+            ],
+        },
+    }
+
+
+def grant_status(grants: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """A budget status granting ``target name -> (selector, capWatts)``, as the operator writes it."""
+    return {
+        "status": {
+            "targets": [
+                {
+                    "name": name,
+                    "selector": selector,
+                    "desiredReplicas": 1,
+                    "plannedReplicas": 1,
+                    "capWatts": cap,
+                    "projectedWatts": float(cap),
+                    "capacity": 1.0,
+                    "servedFraction": 1.0,
+                }
+                for name, (selector, cap) in grants.items()
+            ]
+        }
+    }
+
+
+def set_grants(
+    control_plane: ControlPlane, namespace: str, budget: str, grants: dict[str, tuple[str, int]]
+) -> None:
+    """Play the operator: write the budget's status through the status subresource."""
+    control_plane.kubectl(
+        "patch",
+        "gpb",
+        budget,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(grant_status(grants)),
+    )
+
+
+def annotate(control_plane: ControlPlane, namespace: str, pod: str, **annotations: str) -> None:
+    pairs = [f"{key}={value}" for key, value in annotations.items()]
+    control_plane.kubectl("annotate", "pod", pod, "-n", namespace, "--overwrite", *pairs)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder the test can cut (an API outage) and restore on the same port."""
+
+    def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
+        self.target = target
+        self.port = port or free_port()
+        self._listener: socket.socket | None = None
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._running = False
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.2)
+        self._listener = listener
+        self._running = True
+        thread = threading.Thread(target=self._accept_loop, daemon=True)
+        thread.start()
+        self._threads = [thread]
+        return self
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while self._running:
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._connections += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        sockets = [a, b]
+        with contextlib.suppress(OSError, ValueError):
+            while self._running:
+                readable, _, _ = select.select(sockets, [], [], 0.2)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (b if sock is a else a).sendall(data)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        self._running = False
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for sock in self._connections:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+            self._connections.clear()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+
+@contextlib.contextmanager
+def running_proxy(target: tuple[str, int]) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(target).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def wait_seconds(seconds: float) -> None:
+    """Let the agent run for a while when a test must show that nothing changes."""
+    time.sleep(seconds)
