@@ -15,10 +15,10 @@ target then takes its cheapest pair serving at least ``s``, which is the
 lexicographic optimum (most served, then least watts, then fewest GPUs, then
 lowest cap).
 
-Every comparison is exact: a pair's watts, capacity and served fraction are each
-computed by one expression (:func:`target_watts`, :func:`served_fraction`)
-wherever they are needed, and sums of watts are compared with the budget
-exactly (:func:`fits_budget`), so :func:`optimize` and the exhaustive
+Every comparison is exact: power is counted in integer milliwatts
+(:func:`target_milliwatts`), and a pair's capacity and served fraction are each
+computed by one expression (:func:`replica_throughput`, :func:`served_fraction`)
+wherever they are needed, so :func:`optimize` and the exhaustive
 :func:`brute_force` agree to the last bit.
 """
 
@@ -27,8 +27,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from fractions import Fraction
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import product
 
@@ -166,6 +165,11 @@ def problem_from_spec(
     return problem
 
 
+# A GPU draws between 1% and 100x of its cap: anything else is a broken measurement.
+MIN_POWER_FACTOR = 0.01
+MAX_POWER_FACTOR = 100.0
+
+
 def _finite(value: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
@@ -188,10 +192,15 @@ def _validate_target(field: str, target: TargetProblem) -> None:
         raise ValueError(f"{field}.gpus_per_replica must be >= 1, got {target.gpus_per_replica}")
     if target.demand is not None and not (_finite(target.demand) and target.demand >= 0):
         raise ValueError(f"{field}.demand must be a finite number >= 0, got {target.demand}")
-    for name in ("power_factor", "throughput_factor"):
-        value = getattr(target, name)
-        if not (_finite(value) and value > 0):
-            raise ValueError(f"{field}.{name} must be a finite number > 0, got {value}")
+    if not (_finite(target.power_factor) and MIN_POWER_FACTOR <= target.power_factor <= MAX_POWER_FACTOR):
+        raise ValueError(
+            f"{field}.power_factor must be between {MIN_POWER_FACTOR} and {MAX_POWER_FACTOR}, "
+            f"got {target.power_factor}"
+        )
+    if not (_finite(target.throughput_factor) and target.throughput_factor > 0):
+        raise ValueError(
+            f"{field}.throughput_factor must be a finite number > 0, got {target.throughput_factor}"
+        )
     if not target.profile:
         raise ValueError(f"{field}.profile must have at least one point")
     for index, point in enumerate(target.profile):
@@ -262,9 +271,22 @@ def replica_throughput(target: TargetProblem, cap_watts: int) -> float:
     return throughput_at(target.profile, cap_watts) * target.throughput_factor
 
 
+def target_milliwatts(target: TargetProblem, replicas: int, cap_watts: int) -> int:
+    """Power of ``replicas`` replicas at ``cap_watts`` per GPU, in whole milliwatts.
+
+    Integers make every sum and comparison with the budget exact.
+    """
+    return _milliwatts(replicas * target.gpus_per_replica * cap_watts, target.power_factor)
+
+
+def _milliwatts(gpu_watts: int, power_factor: float) -> int:
+    # The one expression for power: GPUs x cap (an integer), corrected, in milliwatts.
+    return round(gpu_watts * 1000 * power_factor)
+
+
 def target_watts(target: TargetProblem, replicas: int, cap_watts: int) -> float:
-    """Power of ``replicas`` replicas at ``cap_watts`` per GPU."""
-    return replicas * target.gpus_per_replica * cap_watts * target.power_factor
+    """Power of ``replicas`` replicas at ``cap_watts`` per GPU, in watts."""
+    return target_milliwatts(target, replicas, cap_watts) / 1000
 
 
 def served_fraction(capacity: float, demand: float | None) -> float:
@@ -274,14 +296,15 @@ def served_fraction(capacity: float, demand: float | None) -> float:
     return min(1.0, capacity / demand)
 
 
-def fits_budget(watts: Iterable[float], budget_watts: float) -> bool:
-    """Whether the exact sum of ``watts`` is at most the budget (no rounding error either way)."""
-    values = list(watts)
-    total = math.fsum(values)
-    if total != budget_watts:
-        # fsum is correctly rounded, so a strict inequality after rounding holds exactly.
-        return total < budget_watts
-    return sum(map(Fraction, values), Fraction(0)) <= Fraction(budget_watts)
+def budget_milliwatts(total_watts: float) -> int:
+    """The budget in whole milliwatts, rounded down so that nothing planned can exceed it."""
+    # round() first so that a decimal budget such as 1.9 W means 1,900 mW, not 1,899.
+    return math.floor(round(total_watts * 1000, 6))
+
+
+def fits_budget(milliwatts: Iterable[int], total_watts: float) -> bool:
+    """Whether powers (in milliwatts) add up to at most the budget (in watts)."""
+    return sum(milliwatts) <= budget_milliwatts(total_watts)
 
 
 def desired_replicas(target: TargetProblem) -> int:
@@ -342,7 +365,7 @@ def _best_reachable(problem: Problem) -> float:
 
 def floor_watts(problem: Problem) -> float:
     """What every target at its minimum replicas and minimum cap needs."""
-    return math.fsum(target_watts(t, t.min_replicas, t.cap_min_watts) for t in problem.targets)
+    return sum(target_milliwatts(t, t.min_replicas, t.cap_min_watts) for t in problem.targets) / 1000
 
 
 def _assemble(
@@ -355,12 +378,16 @@ def _assemble(
         _target_plan(target, replicas, cap)
         for target, (replicas, cap) in zip(problem.targets, choices, strict=True)
     )
-    watts = math.fsum(t.watts for t in targets)
+    milliwatts = sum(
+        target_milliwatts(target, replicas, cap)
+        for target, (replicas, cap) in zip(problem.targets, choices, strict=True)
+    )
+    watts = milliwatts / 1000
     served = min(t.served_fraction for t in targets)
     budget = problem.total_watts
-    floor = floor_watts(problem)
-    feasible = fits_budget((t.watts for t in targets), budget)
-    infeasible_by = 0.0 if feasible else watts - budget
+    over_milliwatts = milliwatts - budget_milliwatts(budget)
+    feasible = over_milliwatts <= 0
+    infeasible_by = 0.0 if feasible else over_milliwatts / 1000
     binding = (not feasible) or served < _best_reachable(problem)
     if not feasible:
         reason = (
@@ -396,7 +423,7 @@ def _assemble(
         infeasible_by_watts=infeasible_by,
         reason=reason,
         adjustment=adjustment,
-        floor_watts=floor,
+        floor_watts=floor_watts(problem),
     )
 
 
@@ -406,7 +433,7 @@ def _floor_choices(problem: Problem) -> list[tuple[int, int]]:
 
 def _floor_fits(problem: Problem) -> bool:
     return fits_budget(
-        (target_watts(t, t.min_replicas, t.cap_min_watts) for t in problem.targets), problem.total_watts
+        (target_milliwatts(t, t.min_replicas, t.cap_min_watts) for t in problem.targets), problem.total_watts
     )
 
 
@@ -418,61 +445,45 @@ def _floor_fits(problem: Problem) -> bool:
 class _Frontier:
     """A target's pairs worth choosing, cheapest first, each serving more than the one before.
 
-    ``capacities[k]`` is served by ``replicas[k]`` at ``caps[k]`` for ``watts[k]``;
-    all are strictly increasing in ``k``, and no pair outside the frontier serves as
-    much for as little (watts, then GPUs, then cap).
+    ``replicas[k]`` replicas at ``caps[k]`` deliver ``capacities[k]`` for
+    ``milliwatts[k]``; both rise strictly with ``k``, and no pair outside the
+    frontier delivers as much for as little (milliwatts, then GPUs, then cap).
     """
 
     capacities: tuple[float, ...]
-    watts: tuple[float, ...]
+    milliwatts: tuple[int, ...]
     replicas: tuple[int, ...]
     caps: tuple[int, ...]
 
 
 @lru_cache(maxsize=512)
-def _capacity_frontier(
-    profile: tuple[ProfilePoint, ...],
-    throughput_factor: float,
-    gpus_per_replica: int,
-    power_factor: float,
-    min_replicas: int,
-    max_replicas: int,
-    grid: tuple[int, ...],
-) -> _Frontier:
-    # Demand-independent, so a budget or demand change reuses it.
-    shape = TargetProblem(
-        name="frontier",
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        cap_min_watts=grid[0],
-        cap_max_watts=grid[-1],
-        profile=profile,
-        gpus_per_replica=gpus_per_replica,
-        power_factor=power_factor,
-        throughput_factor=throughput_factor,
-    )
+def _capacity_frontier(shape: TargetProblem, step_watts: int) -> _Frontier:
+    """The frontier of a target's shape (its name and demand blanked, so changes of demand reuse it)."""
+    grid = cap_grid(shape.cap_min_watts, shape.cap_max_watts, step_watts)
     per_replica = [replica_throughput(shape, cap) for cap in grid]
     # Within one replica count a higher cap costs more, so only caps that add capacity count.
     useful = [0] + [k for k in range(1, len(grid)) if per_replica[k] > per_replica[k - 1]]
     caps = [grid[k] for k in useful]
     rates = [per_replica[k] for k in useful]
     width = len(caps)
-    rows = range(min_replicas, max_replicas + 1)
+    rows = range(shape.min_replicas, shape.max_replicas + 1)
     span = len(rows) * width
     # Pair (r, k) sits at index (r - min_replicas) * width + k of the flat lists.
     capacity = [r * f for r in rows for f in rates]
-    top = capacity[-1]  # max replicas at the highest useful cap: nothing serves more
-    g = gpus_per_replica
-    if max_replicas * g * caps[-1] < 2**52:
-        # Watts are (r * g * c) * power_factor: below 2**52 the integer r * g * c orders
-        # them exactly, ties included. One integer per pair, key = r*g*c * span + index,
-        # sorts by (watts, replicas, cap) far faster than tuples or a key function.
-        coefficients = [(g * c * span + width, k - min_replicas * width) for k, c in enumerate(caps)]
+    top = capacity[-1]  # max replicas at the highest useful cap: nothing delivers more
+    g = shape.gpus_per_replica
+    pf = shape.power_factor
+    if shape.max_replicas * g * caps[-1] * 1000 * max(pf, 1.0) < 2**50:
+        # Power is round(r*g*c * 1000 * pf); with pf >= 0.01 and values this small it rises
+        # strictly with the integer r*g*c, so that integer orders pairs by power exactly.
+        # One integer key per pair, r*g*c * span + index, sorts by (power, replicas, cap)
+        # far faster than tuples or a key function.
+        coefficients = [(g * c * span + width, k - shape.min_replicas * width) for k, c in enumerate(caps)]
         order = [key % span for key in sorted([r * a + b for r in rows for a, b in coefficients])]
     else:
-        watts = [r * g * c * power_factor for r in rows for c in caps]
-        # Stable: equal watts stay in (replicas, cap) order, i.e. fewer GPUs, then lower cap.
-        order = sorted(range(span), key=watts.__getitem__)
+        power = [_milliwatts(r * g * c, pf) for r in rows for c in caps]
+        # Stable: equal power stays in (replicas, cap) order, i.e. fewer GPUs, then lower cap.
+        order = sorted(range(span), key=power.__getitem__)
     chosen: list[int] = []
     best = -1.0
     for index in order:
@@ -482,34 +493,29 @@ def _capacity_frontier(
             chosen.append(index)
             if value >= top:
                 break
-    out_capacity = [capacity[i] for i in chosen]
-    out_replicas = [min_replicas + i // width for i in chosen]
-    out_caps = [caps[i % width] for i in chosen]
-    out_watts = [r * g * c * power_factor for r, c in zip(out_replicas, out_caps, strict=True)]
-    return _Frontier(tuple(out_capacity), tuple(out_watts), tuple(out_replicas), tuple(out_caps))
+    replicas = [shape.min_replicas + i // width for i in chosen]
+    chosen_caps = [caps[i % width] for i in chosen]
+    return _Frontier(
+        capacities=tuple(capacity[i] for i in chosen),
+        milliwatts=tuple(_milliwatts(r * g * c, pf) for r, c in zip(replicas, chosen_caps, strict=True)),
+        replicas=tuple(replicas),
+        caps=tuple(chosen_caps),
+    )
 
 
 @dataclass(frozen=True)
 class _ServedFrontier:
     served: tuple[float, ...]
-    watts: tuple[float, ...]
+    milliwatts: tuple[int, ...]
     replicas: tuple[int, ...]
     caps: tuple[int, ...]
 
 
 def _served_frontier(target: TargetProblem, step_watts: int) -> _ServedFrontier:
     """The capacity frontier seen through this target's demand (served fraction strictly rising)."""
-    frontier = _capacity_frontier(
-        target.profile,
-        target.throughput_factor,
-        target.gpus_per_replica,
-        target.power_factor,
-        target.min_replicas,
-        target.max_replicas,
-        cap_grid(target.cap_min_watts, target.cap_max_watts, step_watts),
-    )
+    frontier = _capacity_frontier(replace(target, name="", demand=None), step_watts)
     served: list[float] = []
-    watts: list[float] = []
+    milliwatts: list[int] = []
     replicas: list[int] = []
     caps: list[int] = []
     best = -1.0
@@ -519,12 +525,12 @@ def _served_frontier(target: TargetProblem, step_watts: int) -> _ServedFrontier:
         if value > best:
             best = value
             served.append(value)
-            watts.append(frontier.watts[k])
+            milliwatts.append(frontier.milliwatts[k])
             replicas.append(frontier.replicas[k])
             caps.append(frontier.caps[k])
             if value >= 1.0:
                 break
-    return _ServedFrontier(tuple(served), tuple(watts), tuple(replicas), tuple(caps))
+    return _ServedFrontier(tuple(served), tuple(milliwatts), tuple(replicas), tuple(caps))
 
 
 def optimize(problem: Problem) -> Plan:
@@ -534,7 +540,7 @@ def optimize(problem: Problem) -> Plan:
         return _assemble(problem, Strategy.OPTIMIZE, _floor_choices(problem))
     frontiers = [_served_frontier(t, problem.cap_step_watts) for t in problem.targets]
     candidates = sorted({value for f in frontiers for value in f.served})
-    budget = problem.total_watts
+    budget = budget_milliwatts(problem.total_watts)
 
     def cheapest(threshold: float) -> list[int] | None:
         picks = []
@@ -547,8 +553,9 @@ def optimize(problem: Problem) -> Plan:
 
     def feasible(threshold: float) -> bool:
         picks = cheapest(threshold)
-        return picks is not None and fits_budget(
-            (f.watts[k] for f, k in zip(frontiers, picks, strict=True)), budget
+        return (
+            picks is not None
+            and sum(f.milliwatts[k] for f, k in zip(frontiers, picks, strict=True)) <= budget
         )
 
     # candidates[0] is at most every target's cheapest pair, i.e. the floor, which fits.
@@ -573,13 +580,13 @@ def _classic_replicas(problem: Problem) -> list[int]:
     """Replicas of the classic algorithm: desired at max caps, scaled down when over the budget."""
     targets = problem.targets
     desired = [desired_replicas(t) for t in targets]
-    needed = [target_watts(t, r, t.cap_max_watts) for t, r in zip(targets, desired, strict=True)]
-    if fits_budget(needed, problem.total_watts):
+    required = sum(target_milliwatts(t, r, t.cap_max_watts) for t, r in zip(targets, desired, strict=True))
+    budget = budget_milliwatts(problem.total_watts)
+    if required <= budget:
         return desired
-    required = math.fsum(needed)
+    # floor(desired * budget / required), in exact integer arithmetic.
     return [
-        min(d, max(t.min_replicas, math.floor(d * problem.total_watts / required)))
-        for t, d in zip(targets, desired, strict=True)
+        min(d, max(t.min_replicas, d * budget // required)) for t, d in zip(targets, desired, strict=True)
     ]
 
 
@@ -590,9 +597,13 @@ def _highest_cap_at_most(target: TargetProblem, level_watts: int, step_watts: in
 
 
 def _make_fit(problem: Problem, replicas: list[int]) -> tuple[list[tuple[int, int]], str]:
-    """Bring an over-budget classic plan within the budget: one common lower cap, then fewer replicas.
+    """Bring an over-budget classic plan within the budget.
 
-    Only called when the floor fits, so both loops end within the budget.
+    First lower every cap to one common level (the highest that fits, each cap on
+    its own grid); if even the minimum caps are over, remove replicas above the
+    minimums (the target with the largest surplus first) and raise the common
+    level again as far as it fits. Only called when the floor fits, so it ends
+    within the budget.
     """
     targets = problem.targets
     step = problem.cap_step_watts
@@ -600,30 +611,45 @@ def _make_fit(problem: Problem, replicas: list[int]) -> tuple[list[tuple[int, in
         {c for t in targets for c in cap_grid(t.cap_min_watts, t.cap_max_watts, step)}, reverse=True
     )
 
-    def watts_of(choices: Sequence[tuple[int, int]]) -> list[float]:
-        return [target_watts(t, r, c) for t, (r, c) in zip(targets, choices, strict=True)]
+    def watts_of(choices: Sequence[tuple[int, int]]) -> list[int]:
+        return [target_milliwatts(t, r, c) for t, (r, c) in zip(targets, choices, strict=True)]
 
-    for level in levels:
-        choices = [(r, _highest_cap_at_most(t, level, step)) for t, r in zip(targets, replicas, strict=True)]
-        if fits_budget(watts_of(choices), problem.total_watts):
-            caps = ", ".join(f"{t.name} {c} W" for t, (_, c) in zip(targets, choices, strict=True))
-            return choices, f"lowered the caps to at most {level} W ({caps})"
-    # Every cap at its minimum and still over: remove replicas above the minimums, largest surplus first.
-    current = [(r, t.cap_min_watts) for t, r in zip(targets, replicas, strict=True)]
+    def highest_level(counts: Sequence[int]) -> tuple[list[tuple[int, int]], int] | None:
+        for level in levels:
+            choices = [
+                (r, _highest_cap_at_most(t, level, step)) for t, r in zip(targets, counts, strict=True)
+            ]
+            if fits_budget(watts_of(choices), problem.total_watts):
+                return choices, level
+        return None
+
+    def describe(choices: Sequence[tuple[int, int]]) -> str:
+        return ", ".join(f"{t.name} {r}x{c} W" for t, (r, c) in zip(targets, choices, strict=True))
+
+    found = highest_level(replicas)
+    if found is not None:
+        choices, level = found
+        return choices, f"lowered the caps to at most {level} W ({describe(choices)})"
+    counts = list(replicas)
     removed = 0
-    while not fits_budget(watts_of(current), problem.total_watts):
-        surplus = [
-            (r - t.min_replicas, -i) for i, (t, (r, _)) in enumerate(zip(targets, current, strict=True))
-        ]
-        most, negative_index = max(surplus)
-        if most <= 0:
-            break  # cannot happen while the floor fits
-        index = -negative_index
-        r, c = current[index]
-        current[index] = (r - 1, c)
+    while not fits_budget(
+        watts_of([(r, t.cap_min_watts) for t, r in zip(targets, counts, strict=True)]), problem.total_watts
+    ):
+        surplus, index = max(
+            (r - t.min_replicas, -i) for i, (t, r) in enumerate(zip(targets, counts, strict=True))
+        )
+        if surplus <= 0:
+            break  # unreachable while the floor fits
+        counts[-index] -= 1
         removed += 1
-    caps = ", ".join(f"{t.name} {r}x{c} W" for t, (r, c) in zip(targets, current, strict=True))
-    return current, f"lowered every cap to its minimum and removed {removed} replica(s) ({caps})"
+    found = highest_level(counts)
+    if found is None:  # unreachable while the floor fits
+        choices = [(r, t.cap_min_watts) for t, r in zip(targets, counts, strict=True)]
+        return choices, f"removed {removed} replica(s) ({describe(choices)})"
+    choices, level = found
+    return choices, (
+        f"removed {removed} replica(s) and set the caps to at most {level} W ({describe(choices)})"
+    )
 
 
 def proportional(problem: Problem) -> Plan:
@@ -633,14 +659,14 @@ def proportional(problem: Problem) -> Plan:
         return _assemble(problem, Strategy.PROPORTIONAL, _floor_choices(problem))
     replicas = _classic_replicas(problem)
     choices = [(r, t.cap_max_watts) for t, r in zip(problem.targets, replicas, strict=True)]
-    classic_watts = [target_watts(t, r, c) for t, (r, c) in zip(problem.targets, choices, strict=True)]
-    if fits_budget(classic_watts, problem.total_watts):
+    classic = sum(target_milliwatts(t, r, c) for t, (r, c) in zip(problem.targets, choices, strict=True))
+    over = classic - budget_milliwatts(problem.total_watts)
+    if over <= 0:
         return _assemble(problem, Strategy.PROPORTIONAL, choices)
-    over = math.fsum(classic_watts) - problem.total_watts
     fitted, what = _make_fit(problem, replicas)
     adjustment = (
-        f"classic plan needed {_watts_text(math.fsum(classic_watts))} W, over the budget by "
-        f"{_watts_text(over)} W; {what}"
+        f"classic plan needed {_watts_text(classic / 1000)} W, over the budget by "
+        f"{_watts_text(over / 1000)} W; {what}"
     )
     return _assemble(problem, Strategy.PROPORTIONAL, fitted, adjustment)
 
@@ -660,7 +686,7 @@ def brute_force(problem: Problem) -> Plan:
     """Every combination of (replicas, cap) per target, scored by the objective; for tests and benchmarks.
 
     Exponential: use it on small problems only. It shares only the model
-    (:func:`target_watts`, :func:`served_fraction`, :func:`cap_grid`) with
+    (:func:`target_milliwatts`, :func:`served_fraction`, :func:`cap_grid`) with
     :func:`optimize`, none of its search.
     """
     validate_problem(problem)
@@ -674,18 +700,18 @@ def brute_force(problem: Problem) -> Plan:
                 options.append(
                     (
                         served_fraction(capacity, target.demand),
-                        Fraction(target_watts(target, r, c)),
+                        target_milliwatts(target, r, c),
                         r * target.gpus_per_replica,
                         r,
                         c,
                     )
                 )
         per_target.append(options)
-    budget = Fraction(problem.total_watts)
-    best_key: tuple[float, Fraction, int, tuple[int, ...]] | None = None
+    budget = budget_milliwatts(problem.total_watts)
+    best_key: tuple[float, int, int, tuple[int, ...]] | None = None
     best_choices: list[tuple[int, int]] = []
     for combination in product(*per_target):
-        total = sum((option[1] for option in combination), Fraction(0))
+        total = sum(option[1] for option in combination)
         if total > budget:
             continue
         served = min(option[0] for option in combination)
@@ -710,6 +736,7 @@ __all__ = [
     "TargetPlan",
     "TargetProblem",
     "brute_force",
+    "budget_milliwatts",
     "cap_grid",
     "desired_replicas",
     "fits_budget",
@@ -720,6 +747,7 @@ __all__ = [
     "proportional",
     "replica_throughput",
     "served_fraction",
+    "target_milliwatts",
     "target_watts",
     "throughput_at",
     "validate_problem",
