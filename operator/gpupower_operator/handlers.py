@@ -1,0 +1,378 @@
+"""The imperative shell: kopf watches feed the indexes, one worker per budget reconciles it.
+
+Every reconcile is level-triggered: it reads the budget from the watch cache,
+each target's ``/scale``, and the pods from the pod index, computes the whole
+desired state with :mod:`gpupower_operator.reconcile`, and applies the writes
+step by step in the order that decision returns. A budget's worker wakes on a
+change of its spec, on an event of a pod its targets select (or that carries its
+annotation), and every ``resync_seconds``. Errors are logged, counted, and
+retried with exponential backoff; since every step is safe on its own, a
+reconcile cut short (error, restart) leaves the fleet within the budget and the
+next one finishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
+from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetStatus, InvalidSpecError, parse_spec
+from gpupower_api.selectors import parse_selector
+from gpupower_operator import reconcile as rc
+from gpupower_operator.index import BudgetKey, PodIndex, SelectorIndex
+from gpupower_operator.kube import Cluster
+from gpupower_operator.metrics import OperatorMetrics
+from gpupower_operator.planner import plan, problem_from_spec
+
+log = logging.getLogger("gpupower_operator")
+
+BACKOFF_MIN_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 30.0
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_state(body: Mapping[str, Any]) -> rc.PodState:
+    """The fields of a raw pod the operator decides on."""
+    metadata = body.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    return rc.PodState(
+        name=str(metadata.get("name", "")),
+        labels=dict(metadata.get("labels") or {}),
+        cap_annotation=annotations.get(POWER_LIMIT_ANNOTATION),
+        budget_annotation=annotations.get(BUDGET_ANNOTATION),
+        phase=str((body.get("status") or {}).get("phase") or "Pending"),
+        deleting=metadata.get("deletionTimestamp") is not None,
+    )
+
+
+def _status_of(body: Mapping[str, Any]) -> BudgetStatus | None:
+    raw = body.get("status")
+    if not raw:
+        return None
+    try:
+        return BudgetStatus.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _status_selectors(body: Mapping[str, Any]) -> list[str]:
+    targets = (body.get("status") or {}).get("targets") or []
+    return [str(t["selector"]) for t in targets if isinstance(t, dict) and t.get("selector")]
+
+
+def _error_kind(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"api_{error.status}"
+    if isinstance(error, aiohttp.ClientError | OSError):
+        return "connection"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    return type(error).__name__
+
+
+class Runtime:
+    """The operator's state: watch caches, indexes, one wake-up per budget worker."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        metrics: OperatorMetrics,
+        resync_seconds: float,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.cluster = cluster
+        self.metrics = metrics
+        self.resync_seconds = resync_seconds
+        self.clock = clock
+        self.pods = PodIndex()
+        self.selectors = SelectorIndex()
+        self.budgets: dict[BudgetKey, dict[str, Any]] = {}
+        self.wakeups: dict[BudgetKey, asyncio.Event] = {}
+        self.locks: dict[BudgetKey, asyncio.Lock] = {}
+
+    def wake(self, keys: set[BudgetKey] | list[BudgetKey]) -> None:
+        for key in keys:
+            event = self.wakeups.get(key)
+            if event is not None:
+                event.set()
+
+    def _lock(self, key: BudgetKey) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    # -- watch events ------------------------------------------------------
+
+    async def on_budget_event(self, event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        if event.get("type") == "DELETED":
+            self.budgets.pop(key, None)
+            self.selectors.remove(key)
+            self.metrics.forget(*key)
+            self.metrics.budgets.set(len(self.budgets))
+            self.wake(self.selectors.budgets_in(key[0]))
+            return
+        before = self.budgets.get(key)
+        current = copy.deepcopy(dict(body))
+        self.budgets[key] = current
+        self.metrics.budgets.set(len(self.budgets))
+        if not self.selectors.known(key):
+            self.selectors.set(key, _status_selectors(current))
+        before_meta = (before or {}).get("metadata") or {}
+        if (
+            before is None
+            or before_meta.get("generation") != metadata.get("generation")
+            or before_meta.get("deletionTimestamp") != metadata.get("deletionTimestamp")
+        ):
+            self.wake([key])
+        if before is not None and _status_selectors(before) != _status_selectors(current):
+            # Another budget's selectors decide who owns shared pods: let the neighbours look again.
+            self.wake(self.selectors.budgets_in(key[0]) - {key})
+
+    async def on_pod_event(self, event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        metadata = body.get("metadata") or {}
+        namespace = str(metadata.get("namespace"))
+        name = str(metadata.get("name"))
+        if event.get("type") == "DELETED":
+            before = self.pods.remove(namespace, name)
+            after = None
+        else:
+            after = pod_state(body)
+            before = self.pods.upsert(namespace, after)
+            if before == after:
+                return
+        keys: set[BudgetKey] = set()
+        for pod in (before, after):
+            if pod is None:
+                continue
+            keys |= self.selectors.budgets_for(namespace, pod.labels)
+            if pod.budget_annotation:
+                keys.add((namespace, pod.budget_annotation))
+        self.wake(keys)
+
+    # -- the worker --------------------------------------------------------
+
+    async def budget_worker(self, namespace: str, name: str, **_: Any) -> None:
+        """Reconcile one budget whenever woken, every resync period, and after errors with backoff."""
+        key = (namespace, name)
+        wakeup = self.wakeups.setdefault(key, asyncio.Event())
+        wakeup.set()
+        delay_seconds = self.resync_seconds
+        backoff_seconds = BACKOFF_MIN_SECONDS
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), timeout=delay_seconds)
+                wakeup.clear()
+                try:
+                    await self.reconcile(key)
+                except (ApiException, aiohttp.ClientError, OSError, TimeoutError, LookupError) as error:
+                    kind = _error_kind(error)
+                    self.metrics.errors.labels(kind).inc()
+                    log.warning(
+                        "reconcile failed budget=%s/%s error_kind=%s retry_in_seconds=%.1f error=%s",
+                        namespace,
+                        name,
+                        kind,
+                        backoff_seconds,
+                        str(error).splitlines()[0] if str(error) else type(error).__name__,
+                    )
+                    delay_seconds = backoff_seconds
+                    backoff_seconds = min(backoff_seconds * 2, BACKOFF_MAX_SECONDS)
+                else:
+                    delay_seconds = self.resync_seconds
+                    backoff_seconds = BACKOFF_MIN_SECONDS
+        finally:
+            if self.wakeups.get(key) is wakeup:
+                del self.wakeups[key]
+
+    async def reconcile(self, key: BudgetKey) -> rc.Outcome | None:
+        async with self._lock(key):
+            body = self.budgets.get(key)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return None
+            started = time.monotonic()
+            outcome = await self._decide(key, body)
+            await self._apply(key, body, outcome)
+            self.metrics.record_status(key[0], key[1], outcome.status)
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+            return outcome
+
+    async def _decide(self, key: BudgetKey, body: Mapping[str, Any]) -> rc.Outcome:
+        namespace, name = key
+        metadata = body.get("metadata") or {}
+        ref = rc.BudgetRef(
+            name=name,
+            namespace=namespace,
+            created=str(metadata.get("creationTimestamp", "")),
+            generation=metadata.get("generation"),
+        )
+        old_status = _status_of(body)
+        now = self.clock()
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except InvalidSpecError as error:
+            log.warning("invalid spec budget=%s/%s field=%s error=%s", namespace, name, error.field, error)
+            self.metrics.errors.labels("invalid_spec").inc()
+            return rc.reconcile_invalid(ref, old_status, error, now)
+
+        reads = await asyncio.gather(
+            *(self.cluster.read_scale(namespace, t.workload_ref) for t in spec.targets)
+        )
+        workloads = {target.name: state for target, state in zip(spec.targets, reads, strict=True)}
+        resolved = [w.selector for w in workloads.values() if isinstance(w, rc.WorkloadState)]
+        if self.selectors.set(key, resolved):
+            log.info("selectors budget=%s/%s selectors=%s", namespace, name, ";".join(resolved))
+
+        try:
+            the_plan = plan(problem_from_spec(spec))
+        except (ValueError, ArithmeticError) as error:
+            log.warning("plan failed budget=%s/%s error=%s", namespace, name, error)
+            self.metrics.errors.labels("plan_failed").inc()
+            return rc.reconcile_plan_failed(ref, old_status, f"the planner refused the spec: {error}", now)
+        cap_error = rc.cap_error(spec, the_plan)
+        if cap_error is not None:
+            return rc.reconcile_invalid(ref, old_status, cap_error, now)
+
+        pods: dict[str, rc.PodState] = {}
+        for text in self.selectors.selectors_of(key):
+            for pod in self.pods.selected(namespace, parse_selector(text)):
+                pods[pod.name] = pod
+        for pod in self.pods.annotated_by(namespace, name):
+            pods[pod.name] = pod
+        others: list[rc.OtherBudget] = []
+        neighbours: set[BudgetKey] = set()
+        for pod in pods.values():
+            neighbours |= self.selectors.budgets_for(namespace, pod.labels)
+        for other in sorted(neighbours - {key}):
+            other_body = self.budgets.get(other)
+            if other_body is None:
+                continue
+            other_meta = other_body.get("metadata") or {}
+            if other_meta.get("deletionTimestamp"):
+                continue
+            others.append(
+                rc.OtherBudget(
+                    name=other[1],
+                    created=str(other_meta.get("creationTimestamp", "")),
+                    selectors=self.selectors.selectors_of(other),
+                )
+            )
+        observed = rc.Observed(
+            budget=ref,
+            spec=spec,
+            old_status=old_status,
+            workloads=workloads,
+            pods=list(pods.values()),
+            others=others,
+        )
+        return rc.reconcile(observed, the_plan, now)
+
+    async def _apply(self, key: BudgetKey, body: dict[str, Any], outcome: rc.Outcome) -> None:
+        namespace, name = key
+        for step in outcome.steps:
+            await asyncio.gather(*(self._write(key, body, write) for write in step))
+        for event in outcome.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            log.info("event budget=%s/%s reason=%s message=%s", namespace, name, event.reason, event.message)
+
+    async def _write(self, key: BudgetKey, body: dict[str, Any], write: rc.Write) -> None:
+        namespace, name = key
+        if isinstance(write, rc.AnnotatePod | rc.ReleasePod):
+            found = await self.cluster.patch_pod_annotations(namespace, write.pod, write.annotations())
+            kind = "pod" if isinstance(write, rc.AnnotatePod) else "release"
+            self.metrics.writes.labels(kind).inc()
+            cached = self.pods.get(namespace, write.pod)
+            if found and cached is not None:
+                if isinstance(write, rc.AnnotatePod):
+                    cap = write.annotations()[POWER_LIMIT_ANNOTATION]
+                    self.pods.upsert(namespace, replace(cached, cap_annotation=cap, budget_annotation=name))
+                else:
+                    self.pods.upsert(namespace, replace(cached, cap_annotation=None, budget_annotation=None))
+            if isinstance(write, rc.AnnotatePod):
+                log.info(
+                    "pod cap budget=%s/%s pod=%s target=%s from_watts=%s to_watts=%d",
+                    namespace,
+                    name,
+                    write.pod,
+                    write.target,
+                    write.previous_cap_watts,
+                    write.cap_watts,
+                )
+            else:
+                log.info("pod released budget=%s/%s pod=%s", namespace, name, write.pod)
+        elif isinstance(write, rc.ScaleWorkload):
+            await self.cluster.patch_scale(namespace, write.workload, write.to_replicas)
+            self.metrics.writes.labels("scale").inc()
+            log.info(
+                "scaled budget=%s/%s target=%s workload=%s/%s from_replicas=%d to_replicas=%d",
+                namespace,
+                name,
+                write.target,
+                write.workload.kind,
+                write.workload.name,
+                write.from_replicas,
+                write.to_replicas,
+            )
+        else:
+            patch = write.status.model_dump(by_alias=True, mode="json")
+            stored = await self.cluster.patch_budget_status(namespace, name, patch)
+            self.metrics.writes.labels("status").inc()
+            if "status" in stored:
+                body["status"] = stored["status"]
+            ready = write.status.condition("Ready")
+            log.info(
+                "status budget=%s/%s planned_watts=%s budget_watts=%s replicas=%s ready=%s reason=%s",
+                namespace,
+                name,
+                write.status.planned_watts,
+                write.status.budget_watts,
+                write.status.replicas,
+                ready.status if ready else None,
+                ready.reason if ready else None,
+            )
+
+    # -- deletion ----------------------------------------------------------
+
+    async def on_budget_delete(self, namespace: str, name: str, **_: Any) -> None:
+        """Remove the annotations the budget wrote (agents then restore defaults); leave replicas alone."""
+        key = (namespace, name)
+        async with self._lock(key):
+            for write in rc.release_writes(name, self.pods.annotated_by(namespace, name)):
+                await self._write(key, {}, write)
+        self.budgets.pop(key, None)
+        self.selectors.remove(key)
+        self.metrics.forget(namespace, name)
+        log.info("budget deleted budget=%s/%s", namespace, name)
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    runtime: Runtime,
+    login: Callable[..., Awaitable[kopf.ConnectionInfo]],
+) -> None:
+    """Register every handler explicitly on ``registry``."""
+    kopf.on.login(registry=registry)(login)
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(runtime.on_budget_event)
+    kopf.on.event("", "v1", "pods", registry=registry)(runtime.on_pod_event)
+    kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", cancellation_timeout=5.0)(
+        runtime.budget_worker
+    )
+    kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="release-pods", backoff=1.0)(
+        runtime.on_budget_delete
+    )

@@ -1,0 +1,113 @@
+"""``gpupower-operator``: start kopf with the gpupower handlers, and serve /metrics and /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+from aiohttp import web
+from kubernetes_asyncio import client
+
+from gpupower_operator import handlers
+from gpupower_operator.config import ConfigError, OperatorConfig, parse_config
+from gpupower_operator.kube import KubeCluster, connection_info, load_configuration
+from gpupower_operator.metrics import OperatorMetrics, metrics_app
+
+log = logging.getLogger("gpupower_operator")
+
+FINALIZER = "gpupower.dev/finalizer"
+
+
+def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.peering.standalone = config.peering is None
+    if config.peering is not None:
+        settings.peering.name = config.peering
+        settings.peering.mandatory = True
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gpupower.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="gpupower.dev", key="last-handled-configuration"
+    )
+    # Our own Events are posted explicitly; kopf's per-handler log lines stay in the log.
+    settings.posting.level = logging.WARNING
+    # The resources are fixed: no need to watch CRDs (nor to be allowed to).
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    settings.queueing.batch_window = 0.05
+    return settings
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    # kopf logs every event at debug; keep it one level quieter than ours unless debugging.
+    logging.getLogger("kopf").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def run(config: OperatorConfig) -> None:
+    configuration = await load_configuration()
+    api = client.ApiClient(configuration)
+    metrics = OperatorMetrics()
+    runtime = handlers.Runtime(KubeCluster(api), metrics, config.resync_seconds)
+    registry = kopf.OperatorRegistry()
+
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return await connection_info(configuration)
+
+    handlers.register(registry, runtime, login)
+    ready = asyncio.Event()
+    app = metrics_app(metrics, ready.is_set)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host="0.0.0.0", port=config.metrics_port)
+    await site.start()
+    log.info(
+        "starting namespaces=%s resync_seconds=%g metrics_port=%d peering=%s server=%s",
+        ",".join(config.namespaces) or "*",
+        config.resync_seconds,
+        config.metrics_port,
+        config.peering or "standalone",
+        configuration.host,
+    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=kopf_settings(config),
+            standalone=config.peering is None,
+            peering_name=config.peering,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            liveness_endpoint=config.liveness_endpoint,
+            ready_flag=ready,
+        )
+    finally:
+        await runner.cleanup()
+        await api.close()
+        log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_config(argv, os.environ)
+    except ConfigError as error:
+        print(f"gpupower-operator: error: {error}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    asyncio.run(run(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
