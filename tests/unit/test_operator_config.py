@@ -1,0 +1,44 @@
+"""Command-line flags with environment fallbacks; bad values name the flag or variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpupower_operator.config import ConfigError, OperatorConfig, parse_config
+
+
+def test_defaults_watch_all_namespaces_standalone() -> None:
+    config = parse_config([], {})
+    assert config == OperatorConfig()
+    assert config.namespaces == () and config.peering is None
+
+
+def test_environment_fills_in_and_flags_win() -> None:
+    env = {
+        "GPUPOWER_NAMESPACES": "a, b",
+        "GPUPOWER_RESYNC_SECONDS": "7.5",
+        "GPUPOWER_METRICS_PORT": "9100",
+        "GPUPOWER_LOG_LEVEL": "DEBUG",
+        "GPUPOWER_PEERING": "gpupower",
+    }
+    config = parse_config([], env)
+    assert config.namespaces == ("a", "b")
+    assert (config.resync_seconds, config.metrics_port, config.log_level) == (7.5, 9100, "debug")
+    assert config.peering == "gpupower"
+    config = parse_config(["--namespace", "c", "--resync-seconds", "2", "--metrics-port", "0"], env)
+    assert config.namespaces == ("c",)
+    assert (config.resync_seconds, config.metrics_port) == (2.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--resync-seconds", "soon"], {}, "--resync-seconds"),
+        ([], {"GPUPOWER_RESYNC_SECONDS": "0"}, "GPUPOWER_RESYNC_SECONDS"),
+        ([], {"GPUPOWER_METRICS_PORT": "70000"}, "GPUPOWER_METRICS_PORT"),
+        (["--log-level", "loud"], {}, "--log-level"),
+    ],
+)
+def test_bad_values_name_the_flag_or_variable(argv: list[str], env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        parse_config(argv, env)

@@ -1,0 +1,331 @@
+"""The reconcile decision: status, conditions, and the order of writes that keeps the fleet within budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpupower_api.contract import format_power_limit
+from gpupower_api.models import BudgetStatus, ConditionStatus, InvalidSpecError, parse_spec
+from gpupower_operator import conditions as cond
+from gpupower_operator import reconcile as rc
+from gpupower_operator.planner import Plan, plan, problem_from_spec
+from tests.fleet_power import FleetModel, walk_is_safe
+
+NOW = "2026-01-01T00:00:00Z"
+LATER = "2026-01-01T00:05:00Z"
+BUDGET = rc.BudgetRef(name="llm", namespace="inference", created="2026-01-01T00:00:00Z", generation=1)
+
+
+def spec_dict(total_watts: int = 3000, mode: str = "Enforce", **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "totalWatts": total_watts,
+        "mode": mode,
+        "safeDefaultWatts": 250,
+        "targets": [
+            {
+                "name": "prefill",
+                "workloadRef": {"name": "prefill"},
+                "minReplicas": 1,
+                "maxReplicas": 6,
+                "capWatts": {"min": 200, "max": 400},
+                "profile": {"points": [{"watts": 200, "throughput": 10}, {"watts": 400, "throughput": 16}]},
+                "demand": 50,
+            },
+            {
+                "name": "decode",
+                "workloadRef": {"name": "decode"},
+                "gpusPerReplica": 2,
+                "minReplicas": 1,
+                "maxReplicas": 6,
+                "capWatts": {"min": 200, "max": 400},
+                "profile": {"points": [{"watts": 200, "throughput": 6}, {"watts": 400, "throughput": 9}]},
+                "demand": 30,
+            },
+        ],
+    }
+    spec.update(overrides)
+    return spec
+
+
+def planned(spec: dict[str, Any]) -> Plan:
+    return plan(problem_from_spec(parse_spec(spec)))
+
+
+def workloads(replicas: dict[str, int]) -> dict[str, rc.WorkloadState | rc.WorkloadMissing]:
+    return {
+        name: rc.WorkloadState(replicas=count, selector=f"app={name}") for name, count in replicas.items()
+    }
+
+
+def pods_for(replicas: dict[str, int], caps: dict[str, int | None], budget: str = "llm") -> list[rc.PodState]:
+    pods = []
+    for target, count in replicas.items():
+        for index in range(count):
+            cap = caps.get(target)
+            pods.append(
+                rc.PodState(
+                    name=f"{target}-{index}",
+                    labels={"app": target},
+                    cap_annotation=format_power_limit(cap) if cap is not None else None,
+                    budget_annotation=budget if cap is not None else None,
+                    phase="Running",
+                )
+            )
+    return pods
+
+
+def settled(spec: dict[str, Any]) -> tuple[BudgetStatus, dict[str, int], list[rc.PodState]]:
+    """The state after a budget has been fully enforced: status, replicas, pods carrying their caps."""
+    the_plan = planned(spec)
+    replicas = {t.name: t.replicas for t in the_plan.targets}
+    caps: dict[str, int | None] = {t.name: t.cap_watts for t in the_plan.targets}
+    pods = pods_for(replicas, caps)
+    observed = rc.Observed(BUDGET, parse_spec(spec), None, workloads(replicas), pods)
+    return rc.reconcile(observed, the_plan, NOW).status, replicas, pods
+
+
+def test_a_settled_budget_reconciles_to_no_writes_at_all() -> None:
+    spec = spec_dict()
+    status, replicas, pods = settled(spec)
+    observed = rc.Observed(BUDGET, parse_spec(spec), status, workloads(replicas), pods)
+    outcome = rc.reconcile(observed, planned(spec), LATER)
+    assert outcome.writes == []
+    ready = outcome.status.condition(cond.READY)
+    assert ready is not None and ready.status == ConditionStatus.TRUE and ready.reason == cond.REASON_ENFORCED
+    assert ready.last_transition_time == NOW
+
+
+def test_status_carries_the_plan_per_target_and_totals() -> None:
+    spec = spec_dict()
+    the_plan = planned(spec)
+    status, _, _ = settled(spec)
+    assert status.budget_watts == 3000
+    assert status.planned_watts == round(the_plan.watts, 1)
+    assert status.observed_generation == 1
+    for target in the_plan.targets:
+        got = status.target(target.name)
+        assert got is not None
+        assert (got.cap_watts, got.planned_replicas, got.desired_replicas) == (
+            target.cap_watts,
+            target.replicas,
+            target.desired_replicas,
+        )
+        assert got.selector == f"app={target.name}"
+        assert got.pods_annotated == target.replicas
+    planned_sum = sum(t.replicas for t in the_plan.targets)
+    desired_sum = sum(t.desired_replicas for t in the_plan.targets)
+    assert status.replicas == f"{planned_sum}/{desired_sum}"
+
+
+def test_lowering_the_budget_lowers_caps_and_replicas_before_the_status_grants_anything_new() -> None:
+    high = spec_dict(total_watts=4000)
+    low = spec_dict(total_watts=1400)
+    status, replicas, pods = settled(high)
+    new_plan = planned(low)
+    observed = rc.Observed(BUDGET, parse_spec(low), status, workloads(replicas), pods)
+    outcome = rc.reconcile(observed, new_plan, LATER)
+    kinds = [type(w).__name__ for w in outcome.writes]
+    status_at = kinds.index("WriteStatus")
+    for index, write in enumerate(outcome.writes):
+        if isinstance(write, rc.ScaleWorkload) and write.to_replicas < write.from_replicas:
+            assert index < status_at, "replicas down must come before the new status"
+        if isinstance(write, rc.AnnotatePod) and write.previous_cap_watts is not None:
+            if write.cap_watts < write.previous_cap_watts:
+                assert index < status_at, "caps down must come before the new status"
+            else:
+                assert index > status_at, "caps up must wait for the new status"
+    assert any(isinstance(w, rc.AnnotatePod) for w in outcome.writes[:status_at]) or any(
+        isinstance(w, rc.ScaleWorkload) for w in outcome.writes[:status_at]
+    )
+
+
+def replay(
+    spec_before: dict[str, Any], spec_after: dict[str, Any]
+) -> tuple[list[float], float, rc.Outcome, Plan]:
+    """Settle ``spec_before``, reconcile ``spec_after``, and walk its writes through the fleet model."""
+    status, replicas, pods = settled(spec_before)
+    new_plan = planned(spec_after)
+    observed = rc.Observed(BUDGET, parse_spec(spec_after), status, workloads(replicas), pods)
+    outcome = rc.reconcile(observed, new_plan, LATER)
+    targets = {t["name"]: t for t in spec_after["targets"]}
+    model = FleetModel(
+        gpus_per_replica={name: int(t.get("gpusPerReplica", 1)) for name, t in targets.items()},
+        replicas=dict(replicas),
+    )
+    for pod in pods:
+        target = pod.name.rsplit("-", 1)[0]
+        assert pod.cap_annotation is not None
+        model.set_cap(target, pod.name, int(pod.cap_annotation))
+    powers = [model.watts()]
+    for write in outcome.writes:
+        if isinstance(write, rc.AnnotatePod):
+            model.set_cap(write.target, write.pod, write.cap_watts)
+        elif isinstance(write, rc.ScaleWorkload):
+            model.scale(write.target, write.to_replicas)
+        powers.append(model.watts())
+    return powers, float(spec_after["totalWatts"]), outcome, new_plan
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    before=st.integers(min_value=900, max_value=6000),
+    after=st.integers(min_value=900, max_value=6000),
+    prefill_demand=st.integers(min_value=5, max_value=90),
+    decode_demand=st.integers(min_value=5, max_value=50),
+)
+def test_any_change_of_budget_never_raises_planned_power_above_the_budget_on_the_way(
+    before: int, after: int, prefill_demand: int, decode_demand: int
+) -> None:
+    def with_demand(total: int) -> dict[str, Any]:
+        spec = spec_dict(total_watts=total)
+        spec["targets"][0]["demand"] = prefill_demand
+        spec["targets"][1]["demand"] = decode_demand
+        return spec
+
+    powers, budget_watts, outcome, new_plan = replay(with_demand(before), with_demand(after))
+    safe, why = walk_is_safe(powers, budget_watts)
+    assert safe, f"{why}; powers={powers}; writes={outcome.writes}"
+    if new_plan.feasible:
+        assert powers[-1] <= budget_watts
+    # The walk ends exactly at the new plan's power: every write the plan needs was made.
+    assert powers[-1] == sum(t.watts for t in new_plan.targets)
+
+
+def test_a_new_replica_without_a_cap_is_capped_before_the_workload_is_scaled_back() -> None:
+    spec = spec_dict()
+    status, replicas, pods = settled(spec)
+    # Someone scaled prefill up by hand: one more replica, its new pod has no cap yet.
+    grown = dict(replicas, prefill=replicas["prefill"] + 1)
+    newcomer = rc.PodState(name="prefill-new", labels={"app": "prefill"}, phase="Pending")
+    observed = rc.Observed(BUDGET, parse_spec(spec), status, workloads(grown), [*pods, newcomer])
+    outcome = rc.reconcile(observed, planned(spec), LATER)
+    first = outcome.steps[0]
+    assert [type(w) for w in first] == [rc.AnnotatePod]
+    assert first[0].pod == "prefill-new"
+    scale = outcome.steps[1]
+    assert scale == (
+        rc.ScaleWorkload(
+            "prefill", parse_spec(spec).targets[0].workload_ref, grown["prefill"], replicas["prefill"]
+        ),
+    )
+
+
+def test_advisory_mode_writes_the_status_and_nothing_else() -> None:
+    spec = spec_dict(mode="Advisory")
+    replicas = {"prefill": 1, "decode": 1}
+    pods = pods_for(replicas, {"prefill": None, "decode": None})
+    observed = rc.Observed(BUDGET, parse_spec(spec), None, workloads(replicas), pods)
+    outcome = rc.reconcile(observed, planned(spec), NOW)
+    assert [type(w) for w in outcome.writes] == [rc.WriteStatus]
+    ready = outcome.status.condition(cond.READY)
+    assert ready is not None and ready.reason == cond.REASON_ADVISORY
+
+
+def test_the_older_budget_owns_a_shared_pod_and_the_younger_reports_conflict_and_keeps_off() -> None:
+    spec = spec_dict()
+    replicas = {"prefill": 2, "decode": 1}
+    pods = pods_for(replicas, {"prefill": None, "decode": None})
+    older = rc.OtherBudget(name="first", created="2025-12-31T00:00:00Z", selectors=("app=prefill",))
+    observed = rc.Observed(BUDGET, parse_spec(spec), None, workloads(replicas), pods, [older])
+    outcome = rc.reconcile(observed, planned(spec), NOW)
+    touched = {w.pod for w in outcome.writes if isinstance(w, rc.AnnotatePod)}
+    assert touched == {"decode-0"}
+    assert not any(isinstance(w, rc.ScaleWorkload) and w.target == "prefill" for w in outcome.writes)
+    conflict = outcome.status.condition(cond.CONFLICT)
+    assert conflict is not None and conflict.status == ConditionStatus.TRUE
+    assert "pod inference/prefill-0" in conflict.message and "first" in conflict.message
+    ready = outcome.status.condition(cond.READY)
+    assert ready is not None and ready.status == ConditionStatus.FALSE
+    assert [e.reason for e in outcome.events if e.type == "Warning"] == ["Conflict"]
+
+
+def test_a_younger_budget_does_not_take_pods_from_the_older_one() -> None:
+    spec = spec_dict()
+    replicas = {"prefill": 1, "decode": 1}
+    pods = pods_for(replicas, {"prefill": None, "decode": None})
+    younger = rc.OtherBudget(name="second", created="2026-02-01T00:00:00Z", selectors=("app=prefill",))
+    observed = rc.Observed(BUDGET, parse_spec(spec), None, workloads(replicas), pods, [younger])
+    outcome = rc.reconcile(observed, planned(spec), NOW)
+    assert {w.pod for w in outcome.writes if isinstance(w, rc.AnnotatePod)} == {"prefill-0", "decode-0"}
+    conflict = outcome.status.condition(cond.CONFLICT)
+    assert conflict is not None and conflict.status == ConditionStatus.FALSE
+
+
+def test_a_missing_workload_gives_targets_resolved_false_naming_it() -> None:
+    spec = spec_dict()
+    missing = rc.WorkloadMissing(cond.REASON_WORKLOAD_NOT_FOUND, "Deployment inference/decode not found")
+    found: dict[str, rc.WorkloadState | rc.WorkloadMissing] = {
+        "prefill": rc.WorkloadState(1, "app=prefill"),
+        "decode": missing,
+    }
+    pods = pods_for({"prefill": 1}, {"prefill": None})
+    outcome = rc.reconcile(rc.Observed(BUDGET, parse_spec(spec), None, found, pods), planned(spec), NOW)
+    resolved = outcome.status.condition(cond.TARGETS_RESOLVED)
+    assert resolved is not None and resolved.status == ConditionStatus.FALSE
+    assert resolved.reason == cond.REASON_WORKLOAD_NOT_FOUND
+    assert "target decode" in resolved.message and "inference/decode" in resolved.message
+    assert not any(getattr(w, "target", None) == "decode" for w in outcome.writes)
+    decode = outcome.status.target("decode")
+    assert decode is not None and decode.selector is None
+
+
+def test_an_invalid_spec_gives_ready_false_naming_the_field_and_keeps_the_last_grants() -> None:
+    status, _, _ = settled(spec_dict())
+    bad = spec_dict()
+    bad["targets"][1]["name"] = "prefill"
+    try:
+        parse_spec(bad)
+    except InvalidSpecError as error:
+        outcome = rc.reconcile_invalid(rc.BudgetRef("llm", "inference", NOW, 2), status, error, LATER)
+    else:
+        raise AssertionError("duplicate target names must be refused")
+    ready = outcome.status.condition(cond.READY)
+    assert ready is not None and ready.status == ConditionStatus.FALSE
+    assert ready.reason == cond.REASON_INVALID_SPEC and "spec.targets" in ready.message
+    assert outcome.status.targets == status.targets
+    assert outcome.status.observed_generation == 2
+    assert [type(w) for w in outcome.writes] == [rc.WriteStatus]
+
+
+def test_pods_the_budget_no_longer_selects_are_released_last() -> None:
+    spec = spec_dict()
+    status, replicas, pods = settled(spec)
+    stray = rc.PodState(
+        name="old-role-0", labels={"app": "old-role"}, cap_annotation="300", budget_annotation="llm"
+    )
+    observed = rc.Observed(BUDGET, parse_spec(spec), status, workloads(replicas), [*pods, stray])
+    outcome = rc.reconcile(observed, planned(spec), LATER)
+    assert outcome.writes[-1] == rc.ReleasePod("old-role-0")
+
+
+def test_release_on_deletion_touches_only_the_pods_of_this_budget() -> None:
+    pods = [
+        rc.PodState(name="a", cap_annotation="300", budget_annotation="llm"),
+        rc.PodState(name="b", cap_annotation="300", budget_annotation="other"),
+        rc.PodState(name="c"),
+    ]
+    assert rc.release_writes("llm", pods) == [rc.ReleasePod("a")]
+
+
+def test_an_infeasible_budget_holds_the_floor_and_says_by_how_much() -> None:
+    spec = spec_dict(total_watts=100)
+    replicas = {"prefill": 1, "decode": 1}
+    observed = rc.Observed(BUDGET, parse_spec(spec), None, workloads(replicas), [])
+    the_plan = planned(spec)
+    outcome = rc.reconcile(observed, the_plan, NOW)
+    infeasible = outcome.status.condition(cond.INFEASIBLE)
+    assert infeasible is not None and infeasible.status == ConditionStatus.TRUE
+    assert f"{the_plan.infeasible_by_watts:g} W over" in infeasible.message
+    ready = outcome.status.condition(cond.READY)
+    assert ready is not None and ready.reason == cond.REASON_FLOOR_EXCEEDS_BUDGET
+
+
+def test_a_planned_cap_the_pod_contract_cannot_carry_is_reported_against_the_cap_range() -> None:
+    spec = spec_dict()
+    spec["targets"][0]["capWatts"] = {"min": 20000, "max": 20000}
+    spec["targets"][0]["profile"]["points"] = [{"watts": 20000, "throughput": 10}]
+    error = rc.cap_error(parse_spec(spec), planned(spec))
+    assert error is not None and error.field == "spec.targets[0].capWatts.max"
