@@ -25,7 +25,7 @@ from gpupower_agent.mapping import Assignments, MappingError, PodRef
 from gpupower_agent.nvml import NvmlError, PowerControl
 
 _UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}|[0-9a-f]{32}"
-_POD_SEGMENT = re.compile(rf"(?:^|[/\-])pod(?P<uid>{_UID})(?:\.slice)?(?=$|[/:])")
+_POD_SEGMENT = re.compile(rf"(?:^|[/\-])pod(?P<uid>{_UID})(?:\.slice)?(?=$|[/:])", re.IGNORECASE)
 
 
 def pod_uid_from_cgroup(content: str) -> str | None:
