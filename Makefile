@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The envtest kit: $KUBEBUILDER_ASSETS (controller-runtime's convention), else ../shared/envtest.
 ENVTEST_KIT ?= $(abspath ../shared/envtest)
 
-.PHONY: help install crds lint format envtest test test-unit test-cluster demo bench clean
+.PHONY: help install crds lint format envtest test test-unit test-cluster demo bench clean requirements images
 
 help:
 	@echo "make demo   - install, then run the operator and agents on a local control plane with simulated GPUs"
@@ -58,8 +58,24 @@ test-unit: install
 test-cluster: install
 	$(VENV)/bin/pytest -q -m cluster
 
-demo: install
-	$(PY) -m gpupower_operator.cli plan -f manifests/examples/llama-disaggregated.yaml --compare
+# The real operator and agents on a real local control plane with simulated GPU nodes.
+demo: install envtest
+	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) -m demo
+
+# Pin the images' runtime dependencies (needs PyPI).
+requirements: $(STAMP)
+	$(VENV)/bin/pip install --quiet pip-tools
+	for image in operator agent; do \
+		$(VENV)/bin/pip-compile --quiet --strip-extras --no-header --annotation-style=line \
+			-o requirements/$$image.txt requirements/$$image.in; \
+		sed -i '/^--extra-index-url/d; /^--index-url/d; /^--find-links/d' requirements/$$image.txt; \
+	done
+
+IMAGE_TAG ?= 0.1.0
+images:
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "images: no Docker engine here"; exit 1; }
+	docker build -f Dockerfile.operator -t ghcr.io/gpupower/gpupower-operator:$(IMAGE_TAG) .
+	docker build -f Dockerfile.agent -t ghcr.io/gpupower/gpupower-agent:$(IMAGE_TAG) .
 
 bench: install
 	$(PY) bench/plan_quality.py
