@@ -29,7 +29,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from itertools import product
+from itertools import product, repeat
+from operator import add, mod, mul
 
 from gpupower_api.models import BudgetSpec, Strategy
 
@@ -468,22 +469,29 @@ def _capacity_frontier(shape: TargetProblem, step_watts: int) -> _Frontier:
     width = len(caps)
     rows = range(shape.min_replicas, shape.max_replicas + 1)
     span = len(rows) * width
-    # Pair (r, k) sits at index (r - min_replicas) * width + k of the flat lists.
-    capacity = [r * f for r in rows for f in rates]
-    top = capacity[-1]  # max replicas at the highest useful cap: nothing delivers more
     g = shape.gpus_per_replica
     pf = shape.power_factor
+    # Pair (r, k) sits at index (r - min_replicas) * width + k of the flat lists.
+    capacity: list[float] = []
+    for r in rows:
+        capacity.extend(map(mul, repeat(r), rates))  # r * rate, as everywhere else
     if shape.max_replicas * g * caps[-1] * 1000 * max(pf, 1.0) < 2**50:
         # Power is round(r*g*c * 1000 * pf); with pf >= 0.01 and values this small it rises
         # strictly with the integer r*g*c, so that integer orders pairs by power exactly.
         # One integer key per pair, r*g*c * span + index, sorts by (power, replicas, cap)
         # far faster than tuples or a key function.
-        coefficients = [(g * c * span + width, k - shape.min_replicas * width) for k, c in enumerate(caps)]
-        order = [key % span for key in sorted([r * a + b for r in rows for a, b in coefficients])]
+        slopes = [g * c * span + width for c in caps]
+        offsets = [k - shape.min_replicas * width for k in range(width)]
+        keys: list[int] = []
+        for r in rows:
+            keys.extend(map(add, map(mul, repeat(r), slopes), offsets))
+        keys.sort()
+        order = list(map(mod, keys, repeat(span)))
     else:
         power = [_milliwatts(r * g * c, pf) for r in rows for c in caps]
         # Stable: equal power stays in (replicas, cap) order, i.e. fewer GPUs, then lower cap.
         order = sorted(range(span), key=power.__getitem__)
+    top = capacity[-1]  # max replicas at the highest useful cap: nothing delivers more
     chosen: list[int] = []
     best = -1.0
     for index in order:
@@ -503,6 +511,22 @@ def _capacity_frontier(shape: TargetProblem, step_watts: int) -> _Frontier:
     )
 
 
+def _strictly_rising(items: Sequence[int], values: Sequence[float]) -> list[int]:
+    """The items whose value exceeds every value before it."""
+    chosen: list[int] = []
+    best = -math.inf
+    for item, value in zip(items, values, strict=True):
+        if value > best:
+            best = value
+            chosen.append(item)
+    return chosen
+
+
+def clear_cache() -> None:
+    """Forget the memoized frontiers (the speed benchmark uses it to time cold plans)."""
+    _capacity_frontier.cache_clear()
+
+
 @dataclass(frozen=True)
 class _ServedFrontier:
     served: tuple[float, ...]
@@ -514,23 +538,21 @@ class _ServedFrontier:
 def _served_frontier(target: TargetProblem, step_watts: int) -> _ServedFrontier:
     """The capacity frontier seen through this target's demand (served fraction strictly rising)."""
     frontier = _capacity_frontier(replace(target, name="", demand=None), step_watts)
-    served: list[float] = []
-    milliwatts: list[int] = []
-    replicas: list[int] = []
-    caps: list[int] = []
-    best = -1.0
     demand = target.demand
-    for k, capacity in enumerate(frontier.capacities):
-        value = served_fraction(capacity, demand)
-        if value > best:
-            best = value
-            served.append(value)
-            milliwatts.append(frontier.milliwatts[k])
-            replicas.append(frontier.replicas[k])
-            caps.append(frontier.caps[k])
-            if value >= 1.0:
-                break
-    return _ServedFrontier(tuple(served), tuple(milliwatts), tuple(replicas), tuple(caps))
+    values = [served_fraction(c, demand) for c in frontier.capacities]
+    if demand:
+        # Past full service nothing serves more: keep the frontier up to its first 1.0.
+        end = bisect_left(values, 1.0) + 1
+        values = values[:end]
+    else:
+        values = values[:1]
+    keep = _strictly_rising(range(len(values)), values)
+    return _ServedFrontier(
+        served=tuple(values[k] for k in keep),
+        milliwatts=tuple(frontier.milliwatts[k] for k in keep),
+        replicas=tuple(frontier.replicas[k] for k in keep),
+        caps=tuple(frontier.caps[k] for k in keep),
+    )
 
 
 def optimize(problem: Problem) -> Plan:
@@ -738,6 +760,7 @@ __all__ = [
     "brute_force",
     "budget_milliwatts",
     "cap_grid",
+    "clear_cache",
     "desired_replicas",
     "fits_budget",
     "floor_watts",
