@@ -21,7 +21,7 @@ from gpupower_agent.metrics import AgentMetrics
 from gpupower_agent.nvml import Gpu, NvmlError, PowerControl
 from gpupower_agent.policy import Action, GpuDecision, GpuSnapshot, NodePlan, Reason, plan_node
 from gpupower_agent.state import CorruptStateError, load_state, save_state
-from gpupower_agent.trust import BudgetIndex, Verdict
+from gpupower_agent.trust import BudgetIndex, PodCap, Verdict, pod_cap
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,45 @@ def next_retry(previous: Retry | None, now: float) -> Retry:
     failures = 1 if previous is None else previous.failures + 1
     delay = min(RETRY_MIN_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
     return Retry(failures, now + delay)
+
+
+class TrustCache:
+    """The trust rule's answers, reused for pods whose view is the very object seen last time.
+
+    The informers replace a view only when the object changed, and any change of
+    the budgets drops the whole cache, so an answer is never stale.
+    """
+
+    def __init__(self, agent_default_watts: int) -> None:
+        self._agent_default_watts = agent_default_watts
+        self._budgets: tuple[BudgetView, ...] = ()
+        self._index = BudgetIndex.build(())
+        self._entries: dict[PodKey, tuple[PodView, PodCap | None]] = {}
+
+    def caps(self, pods: Iterable[PodView], budgets: Iterable[BudgetView]) -> dict[PodKey, PodCap]:
+        current = tuple(budgets)
+        if len(current) != len(self._budgets) or any(
+            a is not b for a, b in zip(current, self._budgets, strict=True)
+        ):
+            self._budgets = current
+            self._index = BudgetIndex.build(current)
+            self._entries = {}
+        entries: dict[PodKey, tuple[PodView, PodCap | None]] = {}
+        caps: dict[PodKey, PodCap] = {}
+        for pod in pods:
+            if pod.finished:
+                continue
+            entry = self._entries.get(pod.key)
+            cap = (
+                entry[1]
+                if entry is not None and entry[0] is pod
+                else pod_cap(pod, self._index, self._agent_default_watts)
+            )
+            entries[pod.key] = (pod, cap)
+            if cap is not None:
+                caps[pod.key] = cap
+        self._entries = entries
+        return caps
 
 
 def _pods_text(pods: Iterable[PodKey]) -> str:
@@ -69,6 +108,7 @@ class Agent:
         self._gpus: dict[str, Gpu] = {gpu.uuid: gpu for gpu in nvml.gpus()}
         self.managed: set[str] = set()
         self._retries: dict[str, Retry] = {}
+        self._trust = TrustCache(safe_default_watts)
         self._assignments: Assignments | None = None
         self._mapping_failing = False
         self._reported_untrusted: set[tuple[PodKey, str]] = set()
@@ -153,9 +193,7 @@ class Agent:
         snapshots = [
             GpuSnapshot(gpu.uuid, gpu.constraints, self._read_limit(gpu)) for gpu in self._gpus.values()
         ]
-        plan = plan_node(
-            snapshots, pods, on_gpu, BudgetIndex.build(budgets), self.managed, self.safe_default_watts
-        )
+        plan = plan_node(snapshots, self._trust.caps(pods, budgets), on_gpu, self.managed)
         self._report(plan)
         limits = {s.uuid: s.current_limit_watts for s in snapshots}
         for decision in plan.decisions:

@@ -53,10 +53,10 @@ def resolve(assignments: Assignments, pods: Iterable[PodView]) -> dict[str, tupl
     by_uid = {pod.uid: pod.key for pod in pods if pod.uid}
     resolved: dict[str, tuple[PodKey, ...]] = {}
     for uuid, refs in assignments.items():
-        keys: list[PodKey] = []
+        keys: dict[PodKey, None] = {}
         for ref in refs:
             key = ref.key if ref.key in by_key else by_uid.get(ref.uid or "")
-            if key is not None and key not in keys:
-                keys.append(key)
+            if key is not None:
+                keys[key] = None
         resolved[uuid] = tuple(keys)
     return resolved

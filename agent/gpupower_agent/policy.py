@@ -15,9 +15,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gpupower_agent.cluster import PodKey, PodView
+from gpupower_agent.cluster import PodKey
 from gpupower_agent.nvml import GpuConstraints
-from gpupower_agent.trust import BudgetIndex, PodCap, pod_cap
+from gpupower_agent.trust import PodCap
 
 
 class Action(StrEnum):
@@ -106,28 +106,19 @@ class NodePlan:
 
 def plan_node(
     gpus: Iterable[GpuSnapshot],
-    pods: Iterable[PodView],
+    pod_caps: Mapping[PodKey, PodCap],
     assignments: Mapping[str, Collection[PodKey]],
-    budgets: BudgetIndex,
     capped_before: Collection[str],
-    agent_default_watts: int,
 ) -> NodePlan:
-    """Decisions for every GPU of the node, from the pods on it, their GPUs and the budgets."""
-    caps: dict[PodKey, PodCap] = {}
-    for pod in pods:
-        if pod.finished:
-            continue
-        cap = pod_cap(pod, budgets, agent_default_watts)
-        if cap is not None:
-            caps[pod.key] = cap
+    """Decisions for every GPU of the node, from the managed pods' caps (see ``trust.pod_caps``)."""
     decisions = tuple(
         decide_gpu(
             gpu.uuid,
-            (caps[key] for key in assignments.get(gpu.uuid, ()) if key in caps),
+            (pod_caps[key] for key in assignments.get(gpu.uuid, ()) if key in pod_caps),
             gpu.constraints,
             gpu.current_limit_watts,
             gpu.uuid in capped_before,
         )
         for gpu in gpus
     )
-    return NodePlan(decisions=decisions, pod_caps=caps)
+    return NodePlan(decisions=decisions, pod_caps=pod_caps)

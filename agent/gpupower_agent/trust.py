@@ -125,3 +125,15 @@ def pod_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int) -> Pod
     if cap_watts > grant:
         return untrusted(UntrustedReason.ABOVE_GRANT, f"cap {cap_watts} W above the grant of {grant} W")
     return PodCap(pod.key, cap_watts, safe, Verdict.TRUSTED)
+
+
+def pod_caps(pods: Iterable[PodView], budgets: BudgetIndex, agent_default_watts: int) -> dict[PodKey, PodCap]:
+    """The caps of the managed pods among ``pods`` (finished pods hold no GPU and are skipped)."""
+    caps: dict[PodKey, PodCap] = {}
+    for pod in pods:
+        if pod.finished:
+            continue
+        cap = pod_cap(pod, budgets, agent_default_watts)
+        if cap is not None:
+            caps[pod.key] = cap
+    return caps

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from gpupower_agent.cluster import BudgetView, Grant, PodKey, PodView
 from gpupower_agent.nvml import GpuConstraints
 from gpupower_agent.policy import Action, GpuSnapshot, Reason, decide_gpu, plan_node
-from gpupower_agent.trust import BudgetIndex, PodCap, Verdict
+from gpupower_agent.trust import BudgetIndex, PodCap, Verdict, pod_caps
 from gpupower_api.selectors import parse_selector
 
 H100 = GpuConstraints(min_watts=200, max_watts=700, default_watts=700)
@@ -99,7 +99,7 @@ def test_plan_node_applies_trust_then_the_gpu_policy() -> None:
         "GPU-3": [PodKey("ns", "bystander")],
         "GPU-4": [],
     }
-    plan = plan_node(gpus, pods, assignments, BudgetIndex.build([budget]), {"GPU-4"}, 250)
+    plan = plan_node(gpus, pod_caps(pods, BudgetIndex.build([budget]), 250), assignments, {"GPU-4"})
     targets = {d.uuid: (d.action, d.target_watts) for d in plan.decisions}
     assert targets == {
         "GPU-0": (Action.CAP, 450),
@@ -114,14 +114,8 @@ def test_plan_node_applies_trust_then_the_gpu_policy() -> None:
 def test_finished_pods_hold_no_gpu() -> None:
     budget = BudgetView("ns", "llm", 300, (Grant("decode", parse_selector("app=decode"), 500),))
     done = PodView(PodKey("ns", "done"), "u", {"app": "decode"}, "llm", "450", finished=True)
-    plan = plan_node(
-        [GpuSnapshot("GPU-0", H100, 450)],
-        [done],
-        {"GPU-0": [done.key]},
-        BudgetIndex.build([budget]),
-        {"GPU-0"},
-        250,
-    )
+    caps = pod_caps([done], BudgetIndex.build([budget]), 250)
+    plan = plan_node([GpuSnapshot("GPU-0", H100, 450)], caps, {"GPU-0": [done.key]}, {"GPU-0"})
     assert plan.decisions[0].action is Action.RESTORE
 
 
@@ -136,7 +130,7 @@ def constraints(draw: st.DrawFn) -> GpuConstraints:
     return GpuConstraints(low, high, draw(st.integers(low, high)))
 
 
-pod_caps = st.lists(
+pod_cap_lists = st.lists(
     st.builds(
         lambda name, watts, safe: PodCap(PodKey("ns", name), watts, safe, Verdict.TRUSTED),
         st.sampled_from(["a", "b", "c", "d"]),
@@ -147,7 +141,7 @@ pod_caps = st.lists(
 )
 
 
-@given(pod_caps, constraints(), st.one_of(st.none(), st.integers(1, 2000)), st.booleans())
+@given(pod_cap_lists, constraints(), st.one_of(st.none(), st.integers(1, 2000)), st.booleans())
 def test_decided_limit_is_always_within_the_gpu_constraints(
     caps: list[PodCap], limits: GpuConstraints, current: int | None, capped_before: bool
 ) -> None:
@@ -156,7 +150,7 @@ def test_decided_limit_is_always_within_the_gpu_constraints(
         assert limits.min_watts <= decision.target_watts <= limits.max_watts
 
 
-@given(pod_caps.filter(bool), constraints(), st.one_of(st.none(), st.integers(1, 2000)), st.booleans())
+@given(pod_cap_lists.filter(bool), constraints(), st.one_of(st.none(), st.integers(1, 2000)), st.booleans())
 def test_a_gpu_with_a_managed_pod_is_never_left_uncapped(
     caps: list[PodCap], limits: GpuConstraints, current: int | None, capped_before: bool
 ) -> None:
@@ -168,7 +162,7 @@ def test_a_gpu_with_a_managed_pod_is_never_left_uncapped(
     assert decision.target_watts <= max(entitled, limits.min_watts)
 
 
-@given(pod_caps, constraints(), st.integers(1, 2000), st.booleans())
+@given(pod_cap_lists, constraints(), st.integers(1, 2000), st.booleans())
 def test_applying_a_decision_makes_the_next_one_a_no_op(
     caps: list[PodCap], limits: GpuConstraints, current: int, capped_before: bool
 ) -> None:
@@ -179,7 +173,7 @@ def test_applying_a_decision_makes_the_next_one_a_no_op(
     assert not second.needs_nvml_call
 
 
-@given(pod_caps, constraints())
+@given(pod_cap_lists, constraints())
 def test_the_order_and_repetition_of_pods_does_not_matter(caps: list[PodCap], limits: GpuConstraints) -> None:
     unique = {c.pod: c for c in reversed(caps)}  # decide_gpu keeps each pod's first entry
     forward = decide_gpu("GPU-x", caps, limits, 700, False)
