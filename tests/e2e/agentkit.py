@@ -26,7 +26,8 @@ from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
 from tests.envtest import REPO, ControlPlane, source_env, wait_for
 
 AGENT_RBAC = REPO / "manifests" / "agent" / "rbac.yaml"
-NAMESPACE_MANIFEST = REPO / "manifests" / "namespace.yaml"
+AGENT_NAMESPACE = "gpupower-system"
+NAMESPACE_MANIFEST = REPO / "manifests" / "base" / "namespace.yaml"
 
 
 def free_port() -> int:
@@ -46,9 +47,9 @@ def _die_with_parent() -> None:
 
 def agent_kubeconfig(control_plane: ControlPlane, directory: Path) -> Path:
     """A kubeconfig for the agent's own ServiceAccount, bound by manifests/agent/rbac.yaml."""
-    control_plane.kubectl("apply", "-f", str(NAMESPACE_MANIFEST))
+    control_plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AGENT_NAMESPACE}})
     control_plane.kubectl("apply", "-f", str(AGENT_RBAC))
-    return control_plane.service_account_kubeconfig("gpupower-system", "gpupower-agent", directory)
+    return control_plane.service_account_kubeconfig(AGENT_NAMESPACE, "gpupower-agent", directory)
 
 
 def with_server(kubeconfig: Path, server: str, directory: Path) -> Path:
