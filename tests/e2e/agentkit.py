@@ -27,7 +27,6 @@ from tests.envtest import REPO, ControlPlane, source_env, wait_for
 
 AGENT_RBAC = REPO / "manifests" / "agent" / "rbac.yaml"
 AGENT_NAMESPACE = "gpupower-system"
-NAMESPACE_MANIFEST = REPO / "manifests" / "base" / "namespace.yaml"
 
 
 def free_port() -> int:
