@@ -169,6 +169,11 @@ def problem_from_spec(
 # A GPU draws between 1% and 100x of its cap: anything else is a broken measurement.
 MIN_POWER_FACTOR = 0.01
 MAX_POWER_FACTOR = 100.0
+# Bounds far beyond any real fleet that keep the arithmetic exact and finite.
+MAX_TOTAL_WATTS = 1e12
+MAX_CAP_WATTS = 100_000
+MAX_REPLICAS = 1_000_000
+MAX_GPUS_PER_REPLICA = 1024
 
 
 def _finite(value: float) -> bool:
@@ -178,19 +183,26 @@ def _finite(value: float) -> bool:
 def _validate_target(field: str, target: TargetProblem) -> None:
     if target.min_replicas < 0:
         raise ValueError(f"{field}.min_replicas must be >= 0, got {target.min_replicas}")
+    if target.max_replicas > MAX_REPLICAS:
+        raise ValueError(f"{field}.max_replicas must be <= {MAX_REPLICAS}, got {target.max_replicas}")
     if target.max_replicas < target.min_replicas:
         raise ValueError(
             f"{field}.max_replicas ({target.max_replicas}) must be >= min_replicas ({target.min_replicas})"
         )
     if target.cap_min_watts <= 0:
         raise ValueError(f"{field}.cap_min_watts must be > 0, got {target.cap_min_watts}")
+    if target.cap_max_watts > MAX_CAP_WATTS:
+        raise ValueError(f"{field}.cap_max_watts must be <= {MAX_CAP_WATTS}, got {target.cap_max_watts}")
     if target.cap_max_watts < target.cap_min_watts:
         raise ValueError(
             f"{field}.cap_max_watts ({target.cap_max_watts}) must be >= cap_min_watts "
             f"({target.cap_min_watts}): the cap range is empty"
         )
-    if target.gpus_per_replica < 1:
-        raise ValueError(f"{field}.gpus_per_replica must be >= 1, got {target.gpus_per_replica}")
+    if not 1 <= target.gpus_per_replica <= MAX_GPUS_PER_REPLICA:
+        raise ValueError(
+            f"{field}.gpus_per_replica must be between 1 and {MAX_GPUS_PER_REPLICA}, "
+            f"got {target.gpus_per_replica}"
+        )
     if target.demand is not None and not (_finite(target.demand) and target.demand >= 0):
         raise ValueError(f"{field}.demand must be a finite number >= 0, got {target.demand}")
     if not (_finite(target.power_factor) and MIN_POWER_FACTOR <= target.power_factor <= MAX_POWER_FACTOR):
@@ -221,8 +233,8 @@ def _validate_target(field: str, target: TargetProblem) -> None:
 
 def validate_problem(problem: Problem) -> None:
     """Check what the API models cannot guarantee; raise :class:`ValueError` naming the field."""
-    if not (_finite(problem.total_watts) and problem.total_watts > 0):
-        raise ValueError(f"total_watts must be a finite number > 0, got {problem.total_watts}")
+    if not (_finite(problem.total_watts) and 0 < problem.total_watts <= MAX_TOTAL_WATTS):
+        raise ValueError(f"total_watts must be > 0 and <= {MAX_TOTAL_WATTS:g}, got {problem.total_watts}")
     if problem.cap_step_watts < 1:
         raise ValueError(f"cap_step_watts must be >= 1, got {problem.cap_step_watts}")
     if not problem.targets:
@@ -589,7 +601,8 @@ def optimize(problem: Problem) -> Plan:
         else:
             high = middle - 1
     picks = cheapest(candidates[low])
-    assert picks is not None  # the floor fits, so the lowest candidate is always reachable
+    if picks is None:  # unreachable: candidates[0] is reached by the floor, which fits
+        raise RuntimeError(f"planner found no plan at served fraction {candidates[low]}")
     choices = [(f.replicas[k], f.caps[k]) for f, k in zip(frontiers, picks, strict=True)]
     return _assemble(problem, Strategy.OPTIMIZE, choices)
 

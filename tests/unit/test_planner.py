@@ -172,6 +172,7 @@ def test_a_corrected_floor_exactly_at_the_budget_is_feasible() -> None:
     [
         (Problem(total_watts=0, targets=(target(),)), "total_watts"),
         (Problem(total_watts=float("nan"), targets=(target(),)), "total_watts"),
+        (Problem(total_watts=1e13, targets=(target(),)), "total_watts"),
         (Problem(total_watts=1000, targets=()), "targets"),
         (Problem(total_watts=1000, targets=(target(),), cap_step_watts=0), "cap_step_watts"),
         (Problem(total_watts=1000, targets=(target("a"), target("a"))), "targets[1].name"),
@@ -182,6 +183,9 @@ def test_a_corrected_floor_exactly_at_the_budget_is_feasible() -> None:
         ),
         (Problem(total_watts=1000, targets=(target(cap_min_watts=0),)), "targets[0].cap_min_watts"),
         (Problem(total_watts=1000, targets=(target(cap_max_watts=50),)), "targets[0].cap_max_watts"),
+        (Problem(total_watts=1000, targets=(target(cap_max_watts=10**6),)), "targets[0].cap_max_watts"),
+        (Problem(total_watts=1000, targets=(target(max_replicas=10**7),)), "targets[0].max_replicas"),
+        (Problem(total_watts=1000, targets=(target(gpus_per_replica=4096),)), "targets[0].gpus_per_replica"),
         (Problem(total_watts=1000, targets=(target(gpus_per_replica=0),)), "targets[0].gpus_per_replica"),
         (Problem(total_watts=1000, targets=(target(demand=-1.0),)), "targets[0].demand"),
         (Problem(total_watts=1000, targets=(target(demand=float("inf")),)), "targets[0].demand"),
