@@ -209,6 +209,9 @@ class Runtime:
             started = time.monotonic()
             outcome = await self._decide(key, body)
             await self._apply(key, body, outcome)
+            if any(not isinstance(write, rc.WriteStatus) for write in outcome.writes):
+                # The status went out before the last writes landed: look again to record them.
+                self.wake([key])
             self.metrics.record_status(key[0], key[1], outcome.status)
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             return outcome
