@@ -504,3 +504,24 @@ def test_proportional_removes_replicas_when_even_minimum_caps_are_over() -> None
     assert result.adjustment is not None
     assert result.adjustment.startswith("classic plan needed 3,600 W, over the budget by 1,600 W; removed 1")
     assert optimize(Problem(total_watts=2000, targets=targets)).served_fraction >= result.served_fraction
+
+
+@pytest.mark.parametrize("total_watts", [1e10, 1e11, 5e11, 1e12])
+def test_optimize_equals_brute_force_on_huge_values_beyond_the_integer_fast_path(total_watts: float) -> None:
+    # Above 2**50 mW, power is no longer ordered through the integer replicas x GPUs x cap shortcut.
+    huge = target(
+        max_replicas=120,
+        gpus_per_replica=1024,
+        cap_min_watts=99_000,
+        cap_max_watts=100_000,
+        profile=profile((99_000, 1.0), (99_500, 1.5), (100_000, 1.6)),
+        demand=150.0,
+        power_factor=99.5,
+    )
+    assert target_milliwatts(huge, 120, 100_000) >= 2**50
+    problem = Problem(
+        total_watts=total_watts, targets=(huge, target("b", max_replicas=3, demand=50.0)), cap_step_watts=500
+    )
+    result = optimize(problem)
+    assert result.feasible
+    assert result == brute_force(problem)
