@@ -14,10 +14,11 @@ next one finishes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
+import json
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -74,6 +75,20 @@ def _status_of(body: Mapping[str, Any]) -> BudgetStatus | None:
 def _status_selectors(body: Mapping[str, Any]) -> list[str]:
     targets = (body.get("status") or {}).get("targets") or []
     return [str(t["selector"]) for t in targets if isinstance(t, dict) and t.get("selector")]
+
+
+def _error_text(error: BaseException) -> str:
+    """One line about an error: for API errors, the status and the server's own message."""
+    if isinstance(error, ApiException):
+        message = ""
+        if isinstance(error.body, str | bytes):
+            try:
+                message = str(json.loads(error.body).get("message", ""))
+            except (ValueError, AttributeError):
+                message = ""
+        return f"status={error.status} reason={error.reason!r} message={message!r}"
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"
 
 
 def _error_kind(error: BaseException) -> str:
@@ -167,17 +182,21 @@ class Runtime:
 
     # -- the worker --------------------------------------------------------
 
-    async def budget_worker(self, namespace: str, name: str, **_: Any) -> None:
+    async def budget_worker(self, namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
         """Reconcile one budget whenever woken, every resync period, and after errors with backoff."""
         key = (namespace, name)
         wakeup = self.wakeups.setdefault(key, asyncio.Event())
         wakeup.set()
         delay_seconds = self.resync_seconds
         backoff_seconds = BACKOFF_MIN_SECONDS
+        stopping = asyncio.ensure_future(stopped.wait())
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), timeout=delay_seconds)
+                waking = asyncio.ensure_future(wakeup.wait())
+                await asyncio.wait({waking, stopping}, timeout=delay_seconds, return_when=FIRST_COMPLETED)
+                waking.cancel()
+                if stopped:
+                    return
                 wakeup.clear()
                 try:
                     await self.reconcile(key)
@@ -190,7 +209,7 @@ class Runtime:
                         name,
                         kind,
                         backoff_seconds,
-                        str(error).splitlines()[0] if str(error) else type(error).__name__,
+                        _error_text(error),
                     )
                     delay_seconds = backoff_seconds
                     backoff_seconds = min(backoff_seconds * 2, BACKOFF_MAX_SECONDS)
@@ -198,6 +217,7 @@ class Runtime:
                     delay_seconds = self.resync_seconds
                     backoff_seconds = BACKOFF_MIN_SECONDS
         finally:
+            stopping.cancel()
             if self.wakeups.get(key) is wakeup:
                 del self.wakeups[key]
 
@@ -373,9 +393,15 @@ def register(
     kopf.on.login(registry=registry)(login)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(runtime.on_budget_event)
     kopf.on.event("", "v1", "pods", registry=registry)(runtime.on_pod_event)
-    kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", cancellation_timeout=5.0)(
-        runtime.budget_worker
-    )
+    kopf.daemon(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        id="reconcile",
+        cancellation_backoff=2.0,
+        cancellation_timeout=5.0,
+    )(runtime.budget_worker)
     kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="release-pods", backoff=1.0)(
         runtime.on_budget_delete
     )

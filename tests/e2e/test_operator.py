@@ -612,3 +612,44 @@ def test_injected_500s_and_409s_are_retried_until_the_plan_is_enforced_safely(
         before = metric_value(errors_before, "gpupower_operator_errors_total", kind=kind) or 0.0
         after = metric_value(metrics, "gpupower_operator_errors_total", kind=kind) or 0.0
         assert after > before, f"errors of kind {kind} must be counted"
+
+
+def test_an_operator_killed_in_the_middle_of_a_reconcile_converges_after_restart(
+    harness: Harness, ns: str
+) -> None:
+    cp = harness.control_plane
+    cp.apply([deployment("prefill", ns, 3), deployment("decode", ns, 3)])
+    apps = {"prefill": "prefill", "decode": "decode"}
+    high = budget(
+        "llm", ns, 3200, [target("prefill", "prefill", demand=60), target("decode", "decode", demand=50)]
+    )
+    cp.apply(high)
+    wait_for(lambda: fleet_enforced(cp, ns, "llm", expected_plan(high), apps), timeout=30, what="first plan")
+    wait_ready(cp, ns, "llm")
+
+    low = copy.deepcopy(high)
+    low["spec"]["totalWatts"] = 1500
+    low_plan = expected_plan(low)
+    model = fleet_model(cp, ns, apps, {"prefill": 1, "decode": 1})
+    mark = harness.proxy.mark()
+
+    def scale_fails(method: str, path: str) -> int | None:
+        return 500 if method == "PATCH" and f"/namespaces/{ns}/" in path and path.endswith("/scale") else None
+
+    harness.proxy.fault = scale_fails
+    cp.kubectl("patch", "gpb", "llm", "-n", ns, "--type=merge", "-p", '{"spec":{"totalWatts":1500}}')
+    wait_for(
+        lambda: any(w.injected for w in harness.proxy.writes_since(mark, ns)),
+        timeout=20,
+        what="the reconcile to be stuck on /scale",
+    )
+    harness.operator.kill()
+    harness.proxy.fault = None
+    status = get_budget(cp, ns, "llm")["status"]
+    assert status["budgetWatts"] == 3200, "the new grants must not be out while replicas are not yet down"
+    harness.operator.start()
+    wait_for(lambda: fleet_enforced(cp, ns, "llm", low_plan, apps), timeout=30, what="the lower plan")
+    wait_ready(cp, ns, "llm")
+    powers = replay(model, harness.proxy.writes_since(mark, ns), apps)
+    safe, why = walk_is_safe(powers, 1500)
+    assert safe, f"{why}: {powers}"
