@@ -9,19 +9,14 @@ keeps its last content, so an API outage never looks like "no pods".
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import aiohttp
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config.config_exception import ConfigException
-
+from gpupower_agent.apiclient import ApiClient, HttpError, ProtocolError
 from gpupower_agent.cluster import BudgetView, InvalidObjectError, PodKey, PodView, budget_view, pod_view
 from gpupower_api.models import GROUP, PLURAL, VERSION
 
@@ -47,14 +42,6 @@ class ApiError(Exception):
         self.resource = resource
         self.status = status
         super().__init__(f"{resource}: status={status} {detail}")
-
-
-async def load_kube_config() -> None:
-    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
-    try:
-        config.load_incluster_config()
-    except ConfigException:
-        await config.load_kube_config()
 
 
 class ApiHealth:
@@ -83,17 +70,13 @@ class ApiHealth:
         return self.unreachable_seconds() <= self._grace_seconds
 
 
-ListFn = Callable[..., Awaitable[Any]]
-
-
 @dataclass(frozen=True)
 class ResourceSpec(Generic[K, V]):
-    """How to list/watch one resource and turn its raw objects into views."""
+    """Where to list/watch one resource and how to turn its raw objects into views."""
 
     name: str
-    list_fn: ListFn
-    list_args: tuple[Any, ...]
-    list_kwargs: Mapping[str, Any]
+    path: str
+    params: Mapping[str, str]
     to_view: Callable[[Mapping[str, Any]], V]
     key_of: Callable[[V], K]
 
@@ -103,11 +86,13 @@ class Informer(Generic[K, V]):
 
     def __init__(
         self,
+        api: ApiClient,
         spec: ResourceSpec[K, V],
         on_change: Callable[[], None],
         health: ApiHealth,
         on_api_error: Callable[[str], None],
     ) -> None:
+        self.api = api
         self.spec = spec
         self.items: dict[K, V] = {}
         self.synced = False
@@ -122,29 +107,12 @@ class Informer(Generic[K, V]):
             log.warning("event=object_skipped resource=%s error=%r", self.spec.name, str(error))
             return None
 
-    async def _call(self, **extra: Any) -> aiohttp.ClientResponse:
-        try:
-            response: aiohttp.ClientResponse = await self.spec.list_fn(
-                *self.spec.list_args, **self.spec.list_kwargs, _preload_content=False, **extra
-            )
-        except ApiException as error:
-            raise ApiError(self.spec.name, error.status, str(error.reason)) from error
-        if response.status == 410:
-            response.release()
-            raise WatchExpired(self.spec.name)
-        if not 200 <= response.status <= 299:
-            body = (await response.text())[:300]
-            response.release()
-            raise ApiError(self.spec.name, response.status, body)
-        return response
-
     async def list(self) -> str:
         """Replace the cache with a fresh list; return its resourceVersion."""
-        response = await self._call(_request_timeout=LIST_TIMEOUT_SECONDS)
         try:
-            raw = json.loads(await response.read())
-        finally:
-            response.release()
+            raw = await self.api.get_json(self.spec.path, self.spec.params, LIST_TIMEOUT_SECONDS)
+        except HttpError as error:
+            raise ApiError(self.spec.name, error.status, error.body[:300]) from error
         items: dict[K, V] = {}
         for obj in raw.get("items") or []:
             view = self._view(obj)
@@ -172,18 +140,15 @@ class Informer(Generic[K, V]):
 
     async def watch(self, resource_version: str) -> str:
         """Watch from ``resource_version`` until the server ends the stream; return the last version seen."""
-        response = await self._call(
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=WATCH_TIMEOUT_SECONDS,
-            _request_timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=WATCH_TIMEOUT_SECONDS + 30),
-        )
+        params = {
+            **self.spec.params,
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS),
+        }
         try:
-            async for line in response.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
+            async for event in self.api.watch(self.spec.path, params, WATCH_TIMEOUT_SECONDS + 30):
                 event_type, obj = event.get("type"), event.get("object") or {}
                 if event_type == "ERROR":
                     if obj.get("code") == 410:
@@ -194,8 +159,10 @@ class Informer(Generic[K, V]):
                     resource_version = str(version)
                 if event_type in ("ADDED", "MODIFIED", "DELETED"):
                     self._apply(event_type, obj)
-        finally:
-            response.release()
+        except HttpError as error:
+            if error.status == 410:
+                raise WatchExpired(self.spec.name) from error
+            raise ApiError(self.spec.name, error.status, error.body[:300]) from error
         return resource_version
 
     async def run(self) -> None:
@@ -210,7 +177,14 @@ class Informer(Generic[K, V]):
             except WatchExpired:
                 log.info("event=watch_expired resource=%s action=relist", self.spec.name)
                 continue
-            except (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+            except (
+                ApiError,
+                ProtocolError,
+                asyncio.IncompleteReadError,
+                TimeoutError,
+                OSError,
+                ValueError,
+            ) as error:
                 self._health.failed(self.spec.name)
                 self._on_api_error(self.spec.name)
                 log.warning(
@@ -224,36 +198,30 @@ class Informer(Generic[K, V]):
 
 
 def pod_informer(
-    api: client.ApiClient,
+    api: ApiClient,
     node_name: str,
     namespace: str | None,
     on_change: Callable[[], None],
     health: ApiHealth,
     on_api_error: Callable[[str], None],
 ) -> Informer[PodKey, PodView]:
-    core = client.CoreV1Api(api)
-    selector = {"field_selector": f"spec.nodeName={node_name}"}
-    if namespace:
-        spec = ResourceSpec("pods", core.list_namespaced_pod, (namespace,), selector, pod_view, _pod_key)
-    else:
-        spec = ResourceSpec("pods", core.list_pod_for_all_namespaces, (), selector, pod_view, _pod_key)
-    return Informer(spec, on_change, health, on_api_error)
+    """The pods bound to ``node_name`` (in ``namespace``, or in all namespaces)."""
+    path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
+    spec = ResourceSpec("pods", path, {"fieldSelector": f"spec.nodeName={node_name}"}, pod_view, _pod_key)
+    return Informer(api, spec, on_change, health, on_api_error)
 
 
 def budget_informer(
-    api: client.ApiClient,
+    api: ApiClient,
     namespace: str | None,
     on_change: Callable[[], None],
     health: ApiHealth,
     on_api_error: Callable[[str], None],
 ) -> Informer[tuple[str, str], BudgetView]:
-    custom = client.CustomObjectsApi(api)
-    if namespace:
-        fn, args = custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL)
-    else:
-        fn, args = custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL)
-    spec = ResourceSpec(PLURAL, fn, args, {}, budget_view, _budget_key)
-    return Informer(spec, on_change, health, on_api_error)
+    """The GpuPowerBudgets (in ``namespace``, or in all namespaces)."""
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    spec = ResourceSpec(PLURAL, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", {}, budget_view, _budget_key)
+    return Informer(api, spec, on_change, health, on_api_error)
 
 
 def _pod_key(view: PodView) -> PodKey:

@@ -10,12 +10,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from kubernetes_asyncio import client
-
 from gpupower_agent.agent import Agent, wait_for_wake
+from gpupower_agent.apiclient import ApiClient, KubeConfigError, load_credentials
 from gpupower_agent.cgroups import CgroupMapping
 from gpupower_agent.config import AgentConfig, ConfigError, parse_config
-from gpupower_agent.kube import ApiHealth, budget_informer, load_kube_config, pod_informer
+from gpupower_agent.kube import ApiHealth, budget_informer, pod_informer
 from gpupower_agent.mapping import GpuMapping, MappingMode
 from gpupower_agent.metrics import AgentMetrics, start_http_server
 from gpupower_agent.nvml import FakeNvml, NvmlError, PowerControl, RealNvml
@@ -33,7 +32,7 @@ def configure_logging(level: str) -> None:
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     # Libraries' debug output is per call, not per decision: keep it out of the agent's log.
-    for noisy in ("asyncio", "grpc", "kubernetes_asyncio", "aiohttp"):
+    for noisy in ("asyncio", "grpc"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
@@ -111,14 +110,18 @@ async def run(config: AgentConfig) -> int:
             return True, "ok"
         return False, f"kubernetes api unreachable for {seconds:.0f}s (caps kept)"
 
-    runner, port = await start_http_server(metrics, config.metrics_port, healthy, config.metrics_address)
+    server, port = await start_http_server(metrics, config.metrics_port, healthy, config.metrics_address)
     log.info("event=metrics_listening address=%s port=%d", config.metrics_address, port)
 
     agent = Agent(config.node_name, nvml, mapping, metrics, config.safe_default_watts, config.state_file)
     agent.load_state()
 
-    await load_kube_config()
-    api = client.ApiClient()
+    try:
+        api = ApiClient(load_credentials())
+    except KubeConfigError as error:
+        log.error("event=kubeconfig_invalid error=%r", str(error))
+        server.close()
+        return 1
 
     def on_api_error(resource: str) -> None:
         metrics.api_errors_total.labels(resource).inc()
@@ -158,8 +161,7 @@ async def run(config: AgentConfig) -> int:
         else:
             log.info("event=exit_without_restore managed_gpus=%d", len(agent.managed))
         await mapping.close()
-        await api.close()
-        await runner.cleanup()
+        server.close()
         if isinstance(nvml, RealNvml):
             nvml.shutdown()
         log.info("event=stopped node=%s", config.node_name)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -123,26 +123,56 @@ class AgentMetrics:
         return generate_latest(self.registry)
 
 
+REQUEST_TIMEOUT_SECONDS = 5.0
+
+
+def _response(status: int, reason: str, content_type: str, body: bytes) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def route(path: str, metrics: AgentMetrics, healthy: Callable[[], tuple[bool, str]]) -> bytes:
+    """The whole HTTP response for a GET of ``path``."""
+    path = path.split("?", 1)[0]
+    if path == "/metrics":
+        return _response(200, "OK", CONTENT_TYPE_LATEST, metrics.exposition())
+    if path == "/healthz":
+        ok, message = healthy()
+        status, reason = (200, "OK") if ok else (503, "Service Unavailable")
+        return _response(status, reason, "text/plain; charset=utf-8", (message + "\n").encode())
+    return _response(404, "Not Found", "text/plain; charset=utf-8", b"not found\n")
+
+
 async def start_http_server(
     metrics: AgentMetrics, port: int, healthy: Callable[[], tuple[bool, str]], host: str = "0.0.0.0"
-) -> tuple[web.AppRunner, int]:
-    """Serve ``/metrics`` and ``/healthz``; return the runner and the port bound (for port 0)."""
+) -> tuple[asyncio.Server, int]:
+    """Serve ``/metrics`` and ``/healthz`` (HTTP/1.1, one request per connection); return the port bound."""
 
-    async def metrics_handler(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_SECONDS)
+            method, path, *_ = [*head.decode("latin-1").split("\r\n", 1)[0].split(" "), "", ""]
+            if method in ("GET", "HEAD"):
+                response = route(path, metrics, healthy)
+                if method == "HEAD":
+                    response = response.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+            else:
+                response = _response(405, "Method Not Allowed", "text/plain", b"GET only\n")
+            writer.write(response)
+            await writer.drain()
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        ) as error:
+            log.debug("event=metrics_request_dropped error=%r", str(error))
+        finally:
+            writer.close()
 
-    async def healthz_handler(_: web.Request) -> web.Response:
-        ok, message = healthy()
-        return web.Response(status=200 if ok else 503, text=message + "\n")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", healthz_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = int(sockets[0].getsockname()[1]) if sockets else port
-    return runner, bound
+    server = await asyncio.start_server(handle, host, port)
+    bound = int(server.sockets[0].getsockname()[1]) if server.sockets else port
+    return server, bound
