@@ -91,7 +91,10 @@ def in_cluster_credentials(
     host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
     if not host or not port or not (sa_dir / "token").exists():
         return None
-    context = _tls_context(sa_dir / "ca.crt", None, insecure=False)
+    try:
+        context = _tls_context(sa_dir / "ca.crt", None, insecure=False)
+    except (ssl.SSLError, OSError) as error:
+        raise KubeConfigError(f"{sa_dir / 'ca.crt'}: {error}") from error
     return Credentials(host, int(port), context, host, token_file=sa_dir / "token")
 
 
@@ -133,12 +136,18 @@ def kubeconfig_credentials(path: Path) -> Credentials:
     host, port, secure = _split_server(str(cluster.get("server", "")), f"{path}: clusters.server")
     tls: ssl.SSLContext | None = None
     if secure:
-        ca_data, ca_file = _data_or_file(cluster, "certificate-authority", path.parent)
-        tls = _tls_context(ca_file, ca_data, bool(cluster.get("insecure-skip-tls-verify")))
-        cert_data, cert_file = _data_or_file(user, "client-certificate", path.parent)
-        key_data, key_file = _data_or_file(user, "client-key", path.parent)
-        if cert_data is not None or cert_file is not None:
-            _load_client_certificate(tls, cert_data, cert_file, key_data, key_file)
+        try:
+            ca_data, ca_file = _data_or_file(cluster, "certificate-authority", path.parent)
+            tls = _tls_context(ca_file, ca_data, bool(cluster.get("insecure-skip-tls-verify")))
+        except (ssl.SSLError, OSError, ValueError) as error:
+            raise KubeConfigError(f"{path}: clusters.certificate-authority: {error}") from error
+        try:
+            cert_data, cert_file = _data_or_file(user, "client-certificate", path.parent)
+            key_data, key_file = _data_or_file(user, "client-key", path.parent)
+            if cert_data is not None or cert_file is not None:
+                _load_client_certificate(tls, cert_data, cert_file, key_data, key_file)
+        except (ssl.SSLError, OSError, ValueError) as error:
+            raise KubeConfigError(f"{path}: users.client-certificate/client-key: {error}") from error
     token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
     server_name = cluster.get("tls-server-name") or host
     return Credentials(host, port, tls, server_name, token=user.get("token"), token_file=token_file)
