@@ -60,7 +60,7 @@ class PodResourcesMapping:
         self._socket_path = socket_path
         self._timeout_seconds = timeout_seconds
         self._channel = grpc.aio.insecure_channel(f"unix://{socket_path}")
-        self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)
+        self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)  # type: ignore[no-untyped-call]
 
     @property
     def source(self) -> str:
@@ -121,7 +121,7 @@ class FakePodResourcesServer:
         self._allocations: dict[PodKey, list[ContainerGpus]] = {}
         self.list_calls = 0
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        api_pb2_grpc.add_PodResourcesListerServicer_to_server(_Lister(self), self._server)
+        api_pb2_grpc.add_PodResourcesListerServicer_to_server(_Lister(self), self._server)  # type: ignore[no-untyped-call]
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.unlink(missing_ok=True)
         self._server.add_insecure_port(f"unix://{socket_path}")
