@@ -193,6 +193,17 @@ class Informer(Generic[K, V]):
                     str(error) or type(error).__name__,
                     backoff,
                 )
+            except Exception as error:
+                # Not an API failure: a malformed object or a bug. The watch must survive it all the same.
+                self._health.failed(self.spec.name)
+                self._on_api_error(self.spec.name)
+                log.error(
+                    "event=watch_failed resource=%s error=%r retry_in_seconds=%.1f cache=kept",
+                    self.spec.name,
+                    str(error) or type(error).__name__,
+                    backoff,
+                    exc_info=True,
+                )
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 

@@ -149,7 +149,12 @@ async def run(config: AgentConfig) -> int:
             if time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + config.resync_seconds
             if pods.synced and budgets.synced:
-                await agent.reconcile(list(pods.items.values()), list(budgets.items.values()))
+                try:
+                    await agent.reconcile(list(pods.items.values()), list(budgets.items.values()))
+                except Exception:
+                    # A bug must not end the agent: exiting would restore defaults and uncap every GPU.
+                    metrics.reconcile_errors_total.inc()
+                    log.exception("event=reconcile_failed action=keep_caps")
     finally:
         for task in tasks:
             task.cancel()

@@ -103,6 +103,11 @@ class AgentMetrics:
             ["action"],
             registry=r,
         )
+        self.reconcile_errors_total = Counter(
+            "gpupower_agent_reconcile_errors_total",
+            "Reconciles that failed unexpectedly (the caps in place were kept).",
+            registry=r,
+        )
         self.api_unreachable_seconds = Gauge(
             "gpupower_agent_api_unreachable_seconds",
             "How long the Kubernetes API has been unreachable (0 when reachable).",

@@ -123,6 +123,9 @@ def test_in_cluster_credentials_need_the_service_and_the_token(tmp_path: Path) -
 # HTTP bodies
 
 
+OPEN_WATCH = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
 class Scripted:
     """A loopback HTTP server answering each connection with the next scripted raw response."""
 
@@ -133,8 +136,11 @@ class Scripted:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.requests.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(self.responses.pop(0))
+        response = self.responses.pop(0)
+        writer.write(response)
         await writer.drain()
+        if response == OPEN_WATCH:
+            await asyncio.sleep(5)  # a watch with nothing to say yet
         writer.close()
 
     def client(self) -> ApiClient:
@@ -236,3 +242,39 @@ def test_the_agent_never_imports_the_operators_libraries() -> None:
     env = {"PYTHONPATH": f"{root / 'api'}:{root / 'agent'}"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_garbled_watch_stream_is_counted_and_the_informer_relists(scripted: Scripted) -> None:
+    def listing(version: str, names: list[str]) -> bytes:
+        items = [{"metadata": {"name": n, "namespace": "ns"}} for n in names]
+        body = json.dumps({"metadata": {"resourceVersion": version}, "items": items}).encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    never_ending = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"  # a watch with no event yet
+    scripted.responses += [
+        listing("1", ["a"]),
+        chunked(b"this is not json\n"),
+        listing("2", ["b"]),
+        never_ending,
+    ]
+    errors: list[str] = []
+    health = ApiHealth(60)
+    informer = Informer(
+        scripted.client(),
+        ResourceSpec("things", "/api/v1/things", {}, lambda raw: raw["metadata"]["name"], lambda name: name),
+        lambda: None,
+        health,
+        errors.append,
+    )
+    task = asyncio.create_task(informer.run())
+    try:
+        for _ in range(100):
+            if informer.items == {"b": "b"}:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert informer.items == {"b": "b"}
+    assert errors == ["things"]
+    assert health.healthy()
