@@ -94,7 +94,7 @@ def pod_regex_for_names(names: Iterable[str]) -> str:
     """Exactly these pods (sorted, deduplicated); a pattern matching nothing when there are none."""
     unique = sorted(set(names))
     if not unique:
-        return "$^"
+        return "a^"  # never matches, not even a series without the label
     return "|".join(regex_literal(name) for name in unique)
 
 
