@@ -1,0 +1,486 @@
+"""Per budget: demand, observed power and corrections from Prometheus, and what to do when it fails.
+
+The core (:func:`advance`) is pure: the memory of a budget and one reading in,
+the new memory and the :class:`Signals` for the planner out. The shell
+(:class:`SignalSource`) reads Prometheus at most once per ``intervalSeconds``
+per budget and keeps the memory between reconciles.
+
+Degradation policy:
+- an empty result or NaN is "no signal": the target keeps its last good demand
+  (then its static ``demand``), never zero, and the condition stays True;
+- a failed read (unreachable, timeout, HTTP error, malformed answer, missing
+  Secret) counts as a failure; demand falls back the same way, corrections
+  freeze, and after ``failuresBeforeFallback`` consecutive failures
+  ``MetricsAvailable`` turns False with the error. The plan then follows the
+  same demand as before, so the last plan stays in force;
+- the last good demand survives an operator restart through the status
+  (``demand`` with ``demandSource`` Prometheus or LastGood).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from gpupower_api.models import BudgetSpec, BudgetStatus, PrometheusSpec, Target
+from gpupower_operator import promql
+from gpupower_operator.conditions import ConditionUpdate, false, true
+from gpupower_operator.correction import (
+    CorrectionSettings,
+    CorrectionState,
+    Factors,
+    Observation,
+    step,
+)
+from gpupower_operator.planner import ProfilePoint, throughput_at
+from gpupower_operator.prometheus import (
+    ConnectionSettings,
+    MetricsReader,
+    NoSignal,
+    PrometheusClient,
+    PrometheusError,
+    single_value,
+)
+
+log = logging.getLogger("gpupower.signals")
+
+METRICS_AVAILABLE = "MetricsAvailable"
+REASON_QUERIES_SUCCEEDED = "QueriesSucceeded"
+REASON_QUERIES_FAILING = "QueriesFailing"
+REASON_NO_PROMETHEUS_URL = "NoPrometheusUrl"
+
+
+class DemandSource(StrEnum):
+    PROMETHEUS = "Prometheus"
+    LAST_GOOD = "LastGood"
+    STATIC = "Static"
+    NONE = "None"
+
+
+Value = float | NoSignal | None  # None: not asked for
+
+
+@dataclass(frozen=True)
+class TargetReading:
+    demand: Value = None
+    served: Value = None
+    ttft_seconds: Value = None
+    inter_token_latency_seconds: Value = None
+    power_watts: float | None = None  # summed over the target's GPUs
+    gpus_reporting: int = 0
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One read of a budget's queries: every target's values, or the error that stopped it."""
+
+    targets: Mapping[str, TargetReading] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetSignals:
+    demand: float | None
+    demand_source: DemandSource
+    factors: Factors
+    observed_watts: float | None = None
+    observed_throughput: float | None = None
+    ttft_seconds: float | None = None
+    inter_token_latency_seconds: float | None = None
+    no_signal: str | None = None
+
+
+@dataclass(frozen=True)
+class Signals:
+    targets: Mapping[str, TargetSignals]
+    condition: ConditionUpdate | None  # None: leave MetricsAvailable as it is
+    observed_watts: float | None = None
+    corrections_applied: tuple[str, ...] = ()
+
+    def demand(self) -> dict[str, float | None]:
+        """The planner's ``demand`` override: Prometheus-fed targets only."""
+        return {name: t.demand for name, t in self.targets.items() if t.demand_source != DemandSource.NONE}
+
+    def corrections(self) -> dict[str, tuple[float, float]]:
+        """The planner's ``corrections``: the applied (power, throughput) factors."""
+        return {name: t.factors.as_pair() for name, t in self.targets.items()}
+
+    def target_status(self, name: str) -> dict[str, Any]:
+        """Fields for the target's status entry (a ``model_copy(update=...)`` of TargetStatus)."""
+        signals = self.targets.get(name)
+        if signals is None:
+            return {}
+        return {
+            "observed_watts": _round(signals.observed_watts, 1),
+            "demand_source": str(signals.demand_source),
+            "observed_throughput": _round(signals.observed_throughput, 4),
+            "observed_ttft_seconds": _round(signals.ttft_seconds, 4),
+            "observed_inter_token_latency_seconds": _round(signals.inter_token_latency_seconds, 5),
+            "power_factor": round(signals.factors.power, 4),
+            "throughput_factor": round(signals.factors.throughput, 4),
+        }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a budget's signals remember between reads."""
+
+    last_good_demand: Mapping[str, float] = field(default_factory=dict)
+    failures: int = 0
+    corrections: CorrectionState = field(default_factory=CorrectionState)
+    last_read_seconds: float | None = None
+    last_signals: Signals | None = None
+
+
+def wants_prometheus(spec: BudgetSpec) -> bool:
+    """A budget reads Prometheus when it has a ``prometheus`` section or a target's demand comes from it."""
+    return spec.prometheus is not None or any(promql.uses_prometheus(t) for t in spec.targets)
+
+
+def prometheus_settings(spec: BudgetSpec) -> PrometheusSpec:
+    return spec.prometheus if spec.prometheus is not None else PrometheusSpec()
+
+
+def correction_settings(prometheus: PrometheusSpec) -> CorrectionSettings:
+    return CorrectionSettings(
+        drift_checks=prometheus.drift_checks,
+        replan_interval_seconds=float(prometheus.replan_interval_seconds),
+    )
+
+
+def _number(value: Value) -> float | None:
+    return value if isinstance(value, float | int) and math.isfinite(value) else None
+
+
+def _latency_ratio(target: Target, reading: TargetReading) -> float | None:
+    if target.sla is None:
+        return None
+    ratios = []
+    ttft, itl = _number(reading.ttft_seconds), _number(reading.inter_token_latency_seconds)
+    if target.sla.ttft_seconds is not None and ttft is not None:
+        ratios.append(ttft / target.sla.ttft_seconds)
+    if target.sla.inter_token_latency_seconds is not None and itl is not None:
+        ratios.append(itl / target.sla.inter_token_latency_seconds)
+    return max(ratios) if ratios else None
+
+
+def _observation(
+    target: Target, reading: TargetReading, old_status: BudgetStatus | None
+) -> Observation | None:
+    """The check of one target against the plan in force (the one the old status holds)."""
+    planned = old_status.target(target.name) if old_status is not None else None
+    if planned is None:
+        return None
+    profile = tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.points)
+    predicted = planned.planned_replicas * throughput_at(profile, planned.cap_watts)
+    watts_per_gpu = (
+        reading.power_watts / reading.gpus_reporting
+        if reading.power_watts is not None and reading.gpus_reporting > 0
+        else None
+    )
+    return Observation(
+        cap_watts=float(planned.cap_watts),
+        watts_per_gpu=watts_per_gpu,
+        served=_number(reading.served),
+        predicted_capacity=predicted,
+        latency_ratio=_latency_ratio(target, reading),
+    )
+
+
+def _status_demand(old_status: BudgetStatus | None, name: str) -> float | None:
+    """The last good demand a previous operator run wrote to the status."""
+    entry = old_status.target(name) if old_status is not None else None
+    if entry is None or entry.demand is None:
+        return None
+    if entry.demand_source in (DemandSource.PROMETHEUS, DemandSource.LAST_GOOD):
+        return entry.demand
+    return None
+
+
+def _fallback(
+    target: Target, memory: Memory, old_status: BudgetStatus | None
+) -> tuple[float | None, DemandSource]:
+    last_good = memory.last_good_demand.get(target.name, _status_demand(old_status, target.name))
+    if last_good is not None:
+        return last_good, DemandSource.LAST_GOOD
+    if target.demand is not None:
+        return target.demand, DemandSource.STATIC
+    return None, DemandSource.NONE
+
+
+def advance(
+    memory: Memory,
+    spec: BudgetSpec,
+    old_status: BudgetStatus | None,
+    reading: Reading,
+    now_seconds: float,
+) -> tuple[Memory, Signals]:
+    """Fold one reading into a budget's memory; the signals the next plan uses."""
+    prometheus = prometheus_settings(spec)
+    failed = reading.error is not None
+    failures = memory.failures + 1 if failed else 0
+    last_good = dict(memory.last_good_demand)
+    corrections = memory.corrections
+    applied_now: tuple[str, ...] = ()
+    if not failed:
+        observations = {
+            t.name: _observation(t, reading.targets.get(t.name, TargetReading()), old_status)
+            for t in spec.targets
+        }
+        result = step(corrections, observations, now_seconds, correction_settings(prometheus))
+        corrections, applied_now = result.state, result.changed
+
+    targets: dict[str, TargetSignals] = {}
+    quiet: list[str] = []
+    for target in spec.targets:
+        target_reading = reading.targets.get(target.name, TargetReading())
+        demand_value = _number(target_reading.demand)
+        if promql.uses_prometheus(target) and demand_value is not None and not failed:
+            fresh = max(0.0, demand_value)
+            demand: float | None = fresh
+            source = DemandSource.PROMETHEUS
+            last_good[target.name] = fresh
+        elif promql.uses_prometheus(target):
+            demand, source = _fallback(target, replace(memory, last_good_demand=last_good), old_status)
+        else:
+            demand, source = target.demand, DemandSource.NONE
+        no_signal = next(
+            (
+                value.reason
+                for value in (target_reading.demand, target_reading.ttft_seconds)
+                if isinstance(value, NoSignal)
+            ),
+            None,
+        )
+        if no_signal is not None and not failed:
+            quiet.append(f"{target.name} ({no_signal})")
+        targets[target.name] = TargetSignals(
+            demand=demand,
+            demand_source=source,
+            factors=corrections.applied_for(target.name),
+            observed_watts=None if failed else target_reading.power_watts,
+            observed_throughput=None if failed else _number(target_reading.served),
+            ttft_seconds=None if failed else _number(target_reading.ttft_seconds),
+            inter_token_latency_seconds=None
+            if failed
+            else _number(target_reading.inter_token_latency_seconds),
+            no_signal=no_signal,
+        )
+
+    condition: ConditionUpdate | None
+    if not failed:
+        message = f"read {len(spec.targets)} target(s) from Prometheus"
+        if quiet:
+            message += "; no signal (planning with the last good or static demand) for " + ", ".join(quiet)
+        condition = true(METRICS_AVAILABLE, REASON_QUERIES_SUCCEEDED, message)
+    elif failures >= prometheus.failures_before_fallback:
+        kept = ", ".join(
+            f"{name} {t.demand:g} ({t.demand_source})" for name, t in targets.items() if t.demand is not None
+        )
+        condition = false(
+            METRICS_AVAILABLE,
+            REASON_QUERIES_FAILING,
+            f"{failures} consecutive reads failed, last: {reading.error}; "
+            f"keeping the last plan's inputs (demand: {kept or 'none'})",
+        )
+    else:
+        condition = memory.last_signals.condition if memory.last_signals is not None else None
+
+    observed = [t.observed_watts for t in targets.values() if t.observed_watts is not None]
+    signals = Signals(
+        targets=targets,
+        condition=condition,
+        observed_watts=math.fsum(observed) if observed else None,
+        corrections_applied=applied_now,
+    )
+    new_memory = Memory(
+        last_good_demand=last_good,
+        failures=failures,
+        corrections=corrections,
+        last_read_seconds=now_seconds,
+        last_signals=signals,
+    )
+    return new_memory, signals
+
+
+def no_url_signals(spec: BudgetSpec) -> Signals:
+    """A budget that wants Prometheus but has no URL (neither in its spec nor --prometheus-url)."""
+    targets = {}
+    for target in spec.targets:
+        source = DemandSource.STATIC if target.demand is not None else DemandSource.NONE
+        targets[target.name] = TargetSignals(demand=target.demand, demand_source=source, factors=Factors())
+    condition = false(
+        METRICS_AVAILABLE,
+        REASON_NO_PROMETHEUS_URL,
+        "spec.prometheus.url is not set and the operator has no --prometheus-url; using static demand",
+    )
+    return Signals(targets=targets, condition=condition)
+
+
+# ---------------------------------------------------------------------------
+# The shell
+
+
+def read_budget(reader: MetricsReader, spec: BudgetSpec, namespace: str) -> Reading:
+    """Run every query of a budget (blocking); the first failure stops the read."""
+    prometheus = prometheus_settings(spec)
+    targets: dict[str, TargetReading] = {}
+    try:
+        for target in spec.targets:
+            queries = promql.target_queries(target, namespace, prometheus)
+
+            def one(query: str | None, what: str) -> Value:
+                return None if query is None else single_value(reader.vector(query), what)
+
+            power = reader.vector(queries.power_watts)
+            targets[target.name] = TargetReading(
+                demand=one(queries.demand, f"{target.name} demand"),
+                served=one(queries.served, f"{target.name} throughput"),
+                ttft_seconds=one(queries.ttft_seconds, f"{target.name} TTFT"),
+                inter_token_latency_seconds=one(
+                    queries.inter_token_latency_seconds, f"{target.name} inter-token latency"
+                ),
+                power_watts=math.fsum(s.value for s in power) if power else None,
+                gpus_reporting=len(power),
+            )
+    except PrometheusError as error:
+        return Reading(error=str(error))
+    return Reading(targets=targets)
+
+
+SecretReader = Callable[[str, str, str], Awaitable[bytes]]
+ReaderFactory = Callable[[ConnectionSettings], MetricsReader]
+
+
+class SecretError(Exception):
+    """A Secret (or its key) that the Prometheus section names and that cannot be read."""
+
+
+class SignalSource:
+    """Reads Prometheus for every budget that wants it, at most once per interval, and remembers."""
+
+    def __init__(
+        self,
+        default_url: str | None,
+        read_secret: SecretReader | None = None,
+        reader_factory: ReaderFactory = PrometheusClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.default_url = default_url
+        self._read_secret = read_secret
+        self._reader_factory = reader_factory
+        self._clock = clock
+        self._memory: dict[tuple[str, str], Memory] = {}
+        self._readers: dict[ConnectionSettings, MetricsReader] = {}
+        self._ca_dir = Path(tempfile.mkdtemp(prefix="gpupower-prometheus-ca-"))
+
+    async def _connection(self, namespace: str, prometheus: PrometheusSpec, url: str) -> ConnectionSettings:
+        token: str | None = None
+        ca_file: str | None = None
+        if prometheus.bearer_token_secret_ref is not None:
+            ref = prometheus.bearer_token_secret_ref
+            token = (await self._secret(namespace, ref.name, ref.key)).decode().strip()
+        if prometheus.ca_secret_ref is not None:
+            ref = prometheus.ca_secret_ref
+            pem = await self._secret(namespace, ref.name, ref.key)
+            path = self._ca_dir / f"{hashlib.sha256(pem).hexdigest()[:16]}.pem"
+            if not path.exists():
+                path.write_bytes(pem)
+            ca_file = str(path)
+        return ConnectionSettings(
+            url=url.rstrip("/"),
+            bearer_token=token,
+            ca_file=ca_file,
+            insecure_skip_verify=prometheus.insecure_skip_verify,
+            timeout_seconds=prometheus.timeout_seconds,
+        )
+
+    async def _secret(self, namespace: str, name: str, key: str) -> bytes:
+        if self._read_secret is None:
+            raise SecretError(f"secret {namespace}/{name}: the operator cannot read Secrets")
+        try:
+            return await self._read_secret(namespace, name, key)
+        except SecretError:
+            raise
+        except (KeyError, LookupError, OSError, ValueError) as error:
+            raise SecretError(f"secret {namespace}/{name} key {key}: {error}") from None
+
+    async def signals(
+        self, namespace: str, name: str, spec: BudgetSpec, old_status: BudgetStatus | None
+    ) -> Signals | None:
+        """The budget's signals now; None when the budget does not use Prometheus."""
+        if not wants_prometheus(spec):
+            self._memory.pop((namespace, name), None)
+            return None
+        prometheus = prometheus_settings(spec)
+        url = prometheus.url or self.default_url
+        if url is None:
+            return no_url_signals(spec)
+        key = (namespace, name)
+        memory = self._memory.get(key, Memory())
+        now = self._clock()
+        if (
+            memory.last_signals is not None
+            and memory.last_read_seconds is not None
+            and now - memory.last_read_seconds < prometheus.interval_seconds
+            and set(memory.last_signals.targets) == {t.name for t in spec.targets}
+        ):
+            return memory.last_signals
+        try:
+            connection = await self._connection(namespace, prometheus, url)
+        except SecretError as error:
+            reading = Reading(error=str(error))
+        else:
+            reader = self._readers.get(connection)
+            if reader is None:
+                reader = self._readers[connection] = self._reader_factory(connection)
+            reading = await asyncio.to_thread(read_budget, reader, spec, namespace)
+        before = memory.last_signals.condition if memory.last_signals is not None else None
+        memory, signals = advance(memory, spec, old_status, reading, now)
+        self._memory[key] = memory
+        self._log(namespace, name, before, signals, reading)
+        return signals
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._memory.pop((namespace, name), None)
+
+    @staticmethod
+    def _log(
+        namespace: str, name: str, before: ConditionUpdate | None, signals: Signals, reading: Reading
+    ) -> None:
+        budget = f"{namespace}/{name}"
+        after = signals.condition
+        if after is not None and (before is None or before.status != after.status):
+            log.info(
+                "metrics_available budget=%s from=%s to=%s reason=%s message=%r",
+                budget,
+                before.status if before is not None else "Unknown",
+                after.status,
+                after.reason,
+                after.message,
+            )
+        elif reading.error is not None:
+            log.debug("prometheus read failed budget=%s error=%r", budget, reading.error)
+        for target in signals.corrections_applied:
+            factors = signals.targets[target].factors
+            log.info(
+                "corrections applied budget=%s target=%s power_factor=%.3f throughput_factor=%.3f "
+                "why=drift persisted",
+                budget,
+                target,
+                factors.power,
+                factors.throughput,
+            )

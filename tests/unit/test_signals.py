@@ -1,0 +1,220 @@
+"""Signals per budget: no signal is never zero demand, failures fall back and flip MetricsAvailable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpupower_api.models import BudgetSpec, BudgetStatus, ConditionStatus, TargetStatus, parse_spec
+from gpupower_operator import planner, promql, signals
+from gpupower_operator.prometheus import FakeMetrics, NoSignal, PrometheusError, Series
+from gpupower_operator.signals import DemandSource, Memory, Reading, TargetReading, advance
+
+
+def spec(**prometheus: Any) -> BudgetSpec:
+    return parse_spec(
+        {
+            "totalWatts": 4000,
+            "safeDefaultWatts": 300,
+            "prometheus": {"url": "http://127.0.0.1:9", "failuresBeforeFallback": 2, **prometheus},
+            "targets": [
+                {
+                    "name": "decode",
+                    "workloadRef": {"name": "decode"},
+                    "maxReplicas": 8,
+                    "capWatts": {"min": 200, "max": 400},
+                    "profile": {
+                        "points": [{"watts": 200, "throughput": 5}, {"watts": 400, "throughput": 10}]
+                    },
+                    "preset": {"engine": "vllm", "windowSeconds": 5},
+                    "sla": {"ttftSeconds": 0.5},
+                    "demand": 7,
+                },
+                {
+                    "name": "prefill",
+                    "workloadRef": {"name": "prefill"},
+                    "maxReplicas": 4,
+                    "profile": {"points": [{"watts": 300, "throughput": 4}]},
+                    "demand": 3,
+                },
+            ],
+        }
+    )
+
+
+def status_for(budget: BudgetSpec, demand: dict[str, float | None], sources: dict[str, str]) -> BudgetStatus:
+    """The status a reconcile would write for the plan of ``demand``."""
+    plan = planner.plan(planner.problem_from_spec(budget, demand=demand))
+    return BudgetStatus(
+        targets=[
+            TargetStatus(
+                name=t.name,
+                desired_replicas=t.desired_replicas,
+                planned_replicas=t.replicas,
+                cap_watts=t.cap_watts,
+                projected_watts=t.watts,
+                capacity=t.capacity,
+                demand=t.demand,
+                served_fraction=t.served_fraction,
+                demand_source=sources.get(t.name),
+            )
+            for t in plan.targets
+        ]
+    )
+
+
+def reading(demand: float | NoSignal, power_watts: float | None = None, gpus: int = 0) -> Reading:
+    return Reading(
+        targets={
+            "decode": TargetReading(
+                demand=demand,
+                served=demand,
+                ttft_seconds=NoSignal("quiet"),
+                power_watts=power_watts,
+                gpus_reporting=gpus,
+            ),
+            "prefill": TargetReading(power_watts=None),
+        }
+    )
+
+
+def test_fresh_demand_is_used_and_remembered() -> None:
+    memory, result = advance(Memory(), spec(), None, reading(24.0), 0.0)
+    assert result.targets["decode"].demand == 24.0
+    assert result.targets["decode"].demand_source == DemandSource.PROMETHEUS
+    assert result.demand() == {"decode": 24.0}  # prefill keeps its static demand in the spec
+    assert memory.last_good_demand == {"decode": 24.0}
+    assert result.condition is not None and result.condition.status == ConditionStatus.TRUE
+
+
+def test_no_signal_keeps_the_last_good_demand_never_zero() -> None:
+    memory, _ = advance(Memory(), spec(), None, reading(24.0), 0.0)
+    _, quiet = advance(memory, spec(), None, reading(NoSignal("no series")), 1.0)
+    assert quiet.targets["decode"].demand == 24.0
+    assert quiet.targets["decode"].demand_source == DemandSource.LAST_GOOD
+    assert quiet.condition is not None and quiet.condition.status == ConditionStatus.TRUE
+    assert "no series" in quiet.condition.message
+
+
+def test_no_signal_without_history_falls_back_to_static_demand() -> None:
+    _, quiet = advance(Memory(), spec(), None, reading(NoSignal("no series")), 0.0)
+    assert (quiet.targets["decode"].demand, quiet.targets["decode"].demand_source) == (7, DemandSource.STATIC)
+
+
+def test_failures_flip_the_condition_only_after_k_and_keep_the_last_plan_inputs() -> None:
+    budget = spec()
+    memory, good = advance(Memory(), budget, None, reading(24.0), 0.0)
+    failed = Reading(error="cannot reach http://127.0.0.1:9: ConnectionError")
+    memory, first = advance(memory, budget, None, failed, 1.0)
+    assert first.condition == good.condition  # one failure (K=2) changes nothing yet
+    memory, second = advance(memory, budget, None, failed, 2.0)
+    assert second.condition is not None
+    assert (second.condition.status, second.condition.reason) == (ConditionStatus.FALSE, "QueriesFailing")
+    assert "2 consecutive reads failed" in second.condition.message
+    assert "ConnectionError" in second.condition.message
+    assert second.demand() == good.demand()
+    assert second.targets["decode"].demand_source == DemandSource.LAST_GOOD
+    before = planner.plan(
+        planner.problem_from_spec(budget, demand=good.demand(), corrections=good.corrections())
+    )
+    after = planner.plan(
+        planner.problem_from_spec(budget, demand=second.demand(), corrections=second.corrections())
+    )
+    assert after == before
+    _, recovered = advance(memory, budget, None, reading(30.0), 3.0)
+    assert recovered.condition is not None and recovered.condition.status == ConditionStatus.TRUE
+    assert recovered.targets["decode"].demand == 30.0
+
+
+def test_last_good_demand_survives_a_restart_through_the_status() -> None:
+    budget = spec()
+    old = status_for(budget, {"decode": 31.0}, {"decode": "Prometheus"})
+    _, result = advance(Memory(), budget, old, Reading(error="timed out"), 0.0)
+    assert (result.targets["decode"].demand, result.targets["decode"].demand_source) == (
+        31.0,
+        DemandSource.LAST_GOOD,
+    )
+    static_before = status_for(budget, {"decode": 31.0}, {"decode": "Static"})
+    _, result = advance(Memory(), budget, static_before, Reading(error="timed out"), 0.0)
+    assert result.targets["decode"].demand_source == DemandSource.STATIC
+
+
+def test_power_below_cap_moves_the_applied_power_factor_after_drift_checks() -> None:
+    budget = spec(driftChecks=2, replanIntervalSeconds=0)
+    old = status_for(budget, {"decode": 24.0}, {"decode": "Prometheus"})
+    decode = old.target("decode")
+    assert decode is not None
+    gpus = decode.planned_replicas
+    memory = Memory()
+    applied = []
+    for second in range(4):
+        memory, result = advance(
+            memory, budget, old, reading(24.0, 0.6 * decode.cap_watts * gpus, gpus), second
+        )
+        applied.append(result.targets["decode"].factors.power)
+    assert applied[0] == 1.0  # the first drifting check is not enough
+    assert applied[-1] < 0.9
+    assert result.target_status("decode")["power_factor"] == round(applied[-1], 4)
+    assert result.observed_watts == pytest.approx(0.6 * decode.cap_watts * gpus)
+
+
+def test_read_budget_turns_a_failed_query_into_a_failed_reading() -> None:
+    down = FakeMetrics(failure="cannot reach http://127.0.0.1:9: ConnectionRefusedError")
+    result = signals.read_budget(down, spec(), "serving")
+    assert result.error is not None and "ConnectionRefusedError" in result.error
+
+
+def test_read_budget_reads_every_query_of_every_target() -> None:
+    budget = spec()
+    queries = promql.target_queries(budget.targets[0], "serving", signals.prometheus_settings(budget))
+    fake = FakeMetrics(
+        answers={
+            queries.demand or "": [Series({}, 12.5)],
+            queries.served or "": [Series({}, 12.0)],
+            queries.power_watts: [Series({"gpu": "0"}, 250.0), Series({"gpu": "1"}, 230.0)],
+        }
+    )
+    result = signals.read_budget(fake, budget, "serving")
+    decode = result.targets["decode"]
+    assert (decode.demand, decode.served, decode.power_watts, decode.gpus_reporting) == (12.5, 12.0, 480.0, 2)
+    assert isinstance(decode.ttft_seconds, NoSignal)
+    assert result.targets["prefill"].demand is None
+
+
+def test_fake_failure_is_a_prometheus_error() -> None:
+    with pytest.raises(PrometheusError):
+        FakeMetrics(failure="down").vector("up")
+
+
+async def test_a_budget_without_a_url_says_so_and_uses_static_demand() -> None:
+    source = signals.SignalSource(default_url=None)
+    budget = parse_spec(spec().model_dump(by_alias=True, exclude={"prometheus"}))
+    result = await source.signals("serving", "b", budget, None)
+    assert result is not None and result.condition is not None
+    assert (result.condition.status, result.condition.reason) == (ConditionStatus.FALSE, "NoPrometheusUrl")
+    assert result.demand()["decode"] == 7
+
+
+async def test_reads_are_spaced_by_the_interval() -> None:
+    now = [0.0]
+    fake = FakeMetrics()
+    calls: list[str] = []
+
+    class Counting:
+        def vector(self, query: str) -> list[Series]:
+            calls.append(query)
+            return fake.vector(query)
+
+    source = signals.SignalSource(
+        default_url="http://127.0.0.1:9", reader_factory=lambda _: Counting(), clock=lambda: now[0]
+    )
+    budget = spec(intervalSeconds=10)
+    await source.signals("serving", "b", budget, None)
+    first = len(calls)
+    now[0] = 5.0
+    await source.signals("serving", "b", budget, None)
+    assert len(calls) == first
+    now[0] = 10.0
+    await source.signals("serving", "b", budget, None)
+    assert len(calls) == 2 * first
