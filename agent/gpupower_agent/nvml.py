@@ -149,49 +149,86 @@ class FakeNvml:
 
     Errors are injected per operation (``"set"``, ``"get"``, ``"usage"``, ``"processes"``) and
     optionally per GPU; each injection fails that many calls (``times=None``: until cleared).
+
+    Another process (a test, the demo) can act on the hardware through the state file, as an
+    administrator would with ``nvidia-smi``: a changed ``limitWatts`` is taken as the GPU's new
+    limit, and ``"faults": {"set": "no_permission"}`` on a GPU makes that operation fail until
+    the entry is removed. The fake notices the change at its next call.
     """
 
     def __init__(self, node_name: str, spec: FakeGpuSpec, state_path: Path | None = None) -> None:
         self._state_path = state_path
         self._gpus: dict[str, _FakeGpuState] = {}
         self._errors: dict[tuple[str, str | None], tuple[NvmlErrorKind, int | None]] = {}
-        saved = self._load_saved(state_path)
+        self._file_faults: dict[tuple[str, str], NvmlErrorKind] = {}
+        self._file_stamp: tuple[int, int, int] | None = None
         for index in range(spec.count):
             uuid = fake_gpu_uuid(node_name, index)
             gpu = Gpu(uuid=uuid, index=index, model=spec.model.name, constraints=spec.model.constraints)
-            limit = saved.get(uuid, spec.model.constraints.default_watts)
-            limit = min(max(limit, gpu.constraints.min_watts), gpu.constraints.max_watts)
-            self._gpus[uuid] = _FakeGpuState(gpu=gpu, limit_watts=limit)
+            self._gpus[uuid] = _FakeGpuState(gpu=gpu, limit_watts=spec.model.constraints.default_watts)
         self._idle_watts = spec.model.idle_watts
+        self._load()
         self._save()
 
-    @staticmethod
-    def _load_saved(path: Path | None) -> dict[str, int]:
-        """Limits a previous run left in the state file; an unreadable file means factory defaults."""
-        if path is None or not path.exists():
-            return {}
+    def _stamp(self) -> tuple[int, int, int] | None:
+        if self._state_path is None:
+            return None
         try:
-            raw = json.loads(path.read_text())
+            stat = self._state_path.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def _load(self) -> None:
+        """Take limits and faults from the state file; an unreadable file changes nothing."""
+        if self._state_path is None:
+            return
+        self._file_stamp = self._stamp()
+        try:
+            raw = json.loads(self._state_path.read_text())
         except (OSError, ValueError):
-            return {}
+            return
         if not isinstance(raw, list):
-            return {}
-        return {
-            str(item["uuid"]): int(item["limitWatts"])
-            for item in raw
-            if isinstance(item, dict) and isinstance(item.get("limitWatts"), int) and "uuid" in item
-        }
+            return
+        faults: dict[tuple[str, str], NvmlErrorKind] = {}
+        for item in raw:
+            if not isinstance(item, dict) or item.get("uuid") not in self._gpus:
+                continue
+            state = self._gpus[item["uuid"]]
+            limit = item.get("limitWatts")
+            if isinstance(limit, int) and not isinstance(limit, bool):
+                constraints = state.gpu.constraints
+                state.limit_watts = min(max(limit, constraints.min_watts), constraints.max_watts)
+            item_faults = item.get("faults")
+            if isinstance(item_faults, dict):
+                for operation, kind in item_faults.items():
+                    if kind in NvmlErrorKind.__members__.values():
+                        faults[(str(operation), state.gpu.uuid)] = NvmlErrorKind(kind)
+        self._file_faults = faults
+
+    def _refresh(self) -> None:
+        if self._state_path is not None and self._stamp() != self._file_stamp:
+            self._load()
 
     def _save(self) -> None:
         if self._state_path is None:
             return
-        _write_json_atomically(
-            self._state_path,
-            [
-                {"uuid": s.gpu.uuid, "index": s.gpu.index, "model": s.gpu.model, "limitWatts": s.limit_watts}
-                for s in sorted(self._gpus.values(), key=lambda s: s.gpu.index)
-            ],
-        )
+        gpus: list[dict[str, Any]] = []
+        for state in sorted(self._gpus.values(), key=lambda s: s.gpu.index):
+            entry: dict[str, Any] = {
+                "uuid": state.gpu.uuid,
+                "index": state.gpu.index,
+                "model": state.gpu.model,
+                "limitWatts": state.limit_watts,
+            }
+            faults = {
+                op: kind.value for (op, uuid), kind in self._file_faults.items() if uuid == state.gpu.uuid
+            }
+            if faults:
+                entry["faults"] = faults
+            gpus.append(entry)
+        _write_json_atomically(self._state_path, gpus)
+        self._file_stamp = self._stamp()
 
     # -- error injection, for tests and the demo
 
@@ -207,6 +244,10 @@ class FakeNvml:
         self._state(uuid, "processes").pids = list(pids)
 
     def _maybe_fail(self, operation: str, uuid: str | None) -> None:
+        self._refresh()
+        if uuid is not None and (operation, uuid) in self._file_faults:
+            kind = self._file_faults[(operation, uuid)]
+            raise NvmlError(kind, operation, uuid, "injected through the fake's state file")
         for key in ((operation, uuid), (operation, None)):
             if key not in self._errors:
                 continue

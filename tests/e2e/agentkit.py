@@ -201,6 +201,14 @@ class AgentProcess:
     def limit(self, index: int) -> int | None:
         return self.limits().get(self.uuid(index))
 
+    def edit_gpu(self, index: int, **changes: Any) -> None:
+        """Act on the fake hardware from outside (a fault, or a limit set behind the agent's back)."""
+        gpus = json.loads(self.gpu_state_path.read_text())
+        gpus[index].update(changes)
+        tmp = self.gpu_state_path.with_suffix(".edit")
+        tmp.write_text(json.dumps(gpus))
+        tmp.replace(self.gpu_state_path)
+
     def wait_limit(self, index: int, watts: int, timeout: float = 10) -> None:
         wait_for(
             lambda: self.limit(index) == watts,

@@ -236,6 +236,39 @@ def test_a_new_replica_selected_by_a_budget_is_capped_before_its_cap_arrives(
     assert agent.limit(5) == H100_DEFAULT_WATTS
 
 
+def test_nvml_errors_are_retried_with_backoff_and_a_limit_changed_behind_its_back_is_corrected(
+    control_plane: ControlPlane, shared_agent: tuple[AgentProcess, FakePodResourcesServer], cleanup_pods: str
+) -> None:
+    agent, server = shared_agent
+    namespace = cleanup_pods
+    budget = _budget(control_plane, namespace)
+    set_grants(control_plane, namespace, budget, {"decode": ("app=decode", 500)})
+    uuid = agent.uuid(6)
+    errors_before = agent.metric_value(
+        "gpupower_agent_nvml_errors_total", operation="set", kind="no_permission"
+    )
+    agent.edit_gpu(6, faults={"set": "no_permission"})
+    _pod(control_plane, server, agent, namespace, "p", [6], {"app": "decode"}, cap_annotations(budget, 450))
+    wait_for(
+        lambda: (
+            (
+                agent.metric_value("gpupower_agent_nvml_errors_total", operation="set", kind="no_permission")
+                or 0
+            )
+            >= (errors_before or 0) + 2
+        ),
+        timeout=10,
+        what="retried NVML errors",
+    )
+    assert agent.running() and agent.limit(6) == H100_DEFAULT_WATTS
+    assert f"event=nvml_error op=set uuid={uuid}" in agent.log()
+
+    agent.edit_gpu(6, faults={})
+    agent.wait_limit(6, 450)  # the next retry (backoff of a few seconds at most) succeeds
+    agent.edit_gpu(6, limitWatts=650)  # someone raises the limit with nvidia-smi
+    agent.wait_limit(6, 450, timeout=15)  # the next resync puts the cap back
+
+
 # ---------------------------------------------------------------------------
 # Outages, signals, restarts: an agent per test
 

@@ -111,3 +111,35 @@ def test_the_real_nvml_fails_with_an_nvml_error_on_a_host_without_the_driver() -
     for gpu in nvml.gpus():
         assert 0 < gpu.constraints.min_watts <= gpu.constraints.default_watts <= gpu.constraints.max_watts
     nvml.shutdown()
+
+
+def _edit_state(path: Path, index: int, **changes: object) -> None:
+    """Act on the fake hardware from outside, as a test or an administrator would (atomic replace)."""
+    gpus = json.loads(path.read_text())
+    gpus[index].update(changes)
+    tmp = path.with_suffix(".edit")
+    tmp.write_text(json.dumps(gpus))
+    tmp.replace(path)
+
+
+def test_faults_written_into_the_state_file_fail_calls_until_removed(tmp_path: Path) -> None:
+    state = tmp_path / "gpus.json"
+    nvml = FakeNvml("n", FakeGpuSpec(2, GPU_MODELS["h100-sxm"]), state)
+    first, second = (g.uuid for g in nvml.gpus())
+    _edit_state(state, 0, faults={"set": "no_permission", "get": "bogus"})
+    with pytest.raises(NvmlError) as caught:
+        nvml.set_power_limit_watts(first, 450)
+    assert caught.value.kind is NvmlErrorKind.NO_PERMISSION
+    assert nvml.power_limit_watts(first) == 700  # an unknown kind is ignored
+    nvml.set_power_limit_watts(second, 450)  # the other GPU works, and the fault survives this write
+    assert json.loads(state.read_text())[0]["faults"] == {"set": "no_permission"}
+    _edit_state(state, 0, faults={})
+    nvml.set_power_limit_watts(first, 450)
+    assert nvml.power_limit_watts(first) == 450
+
+
+def test_a_limit_changed_behind_the_fakes_back_is_what_it_reports(tmp_path: Path) -> None:
+    state = tmp_path / "gpus.json"
+    nvml = FakeNvml("n", FakeGpuSpec(1, GPU_MODELS["h100-sxm"]), state)
+    _edit_state(state, 0, limitWatts=555)
+    assert nvml.power_limit_watts(nvml.gpus()[0].uuid) == 555
