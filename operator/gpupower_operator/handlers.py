@@ -5,7 +5,8 @@ each target's ``/scale``, and the pods from the pod index, computes the whole
 desired state with :mod:`gpupower_operator.reconcile`, and applies the writes
 step by step in the order that decision returns. A budget's worker wakes on a
 change of its spec, on an event of a pod its targets select (or that carries its
-annotation), and every ``resync_seconds``. Errors are logged, counted, and
+annotation; pods come from :mod:`gpupower_operator.podwatch`), and every
+``resync_seconds``. Errors are logged, counted, and
 retried with exponential backoff; since every step is safe on its own, a
 reconcile cut short (error, restart) leaves the fleet within the budget and the
 next one finishes it.
@@ -120,6 +121,10 @@ class Runtime:
         self.budgets: dict[BudgetKey, dict[str, Any]] = {}
         self.wakeups: dict[BudgetKey, asyncio.Event] = {}
         self.locks: dict[BudgetKey, asyncio.Lock] = {}
+        self.pods_synced = asyncio.Event()
+        # The status this operator last wrote per budget: the newest truth, since it is the only writer,
+        # even when the watch delivers an older copy of the object afterwards.
+        self.written: dict[BudgetKey, BudgetStatus] = {}
 
     def wake(self, keys: set[BudgetKey] | list[BudgetKey]) -> None:
         for key in keys:
@@ -137,6 +142,7 @@ class Runtime:
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
         if event.get("type") == "DELETED":
             self.budgets.pop(key, None)
+            self.written.pop(key, None)
             self.selectors.remove(key)
             self.metrics.forget(*key)
             self.metrics.budgets.set(len(self.budgets))
@@ -159,15 +165,13 @@ class Runtime:
             # Another budget's selectors decide who owns shared pods: let the neighbours look again.
             self.wake(self.selectors.budgets_in(key[0]) - {key})
 
-    async def on_pod_event(self, event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
-        metadata = body.get("metadata") or {}
-        namespace = str(metadata.get("namespace"))
-        name = str(metadata.get("name"))
-        if event.get("type") == "DELETED":
+    def on_pod(self, namespace: str, name: str, raw: Mapping[str, Any] | None) -> None:
+        """A pod appeared, changed or went away: update the index and wake the budgets it concerns."""
+        if raw is None:
             before = self.pods.remove(namespace, name)
             after = None
         else:
-            after = pod_state(body)
+            after = pod_state(raw)
             before = self.pods.upsert(namespace, after)
             if before == after:
                 return
@@ -191,6 +195,10 @@ class Runtime:
         backoff_seconds = BACKOFF_MIN_SECONDS
         stopping = asyncio.ensure_future(stopped.wait())
         try:
+            # No decision on a half-filled pod index: wait for the pod watch's first listing.
+            synced = asyncio.ensure_future(self.pods_synced.wait())
+            await asyncio.wait({synced, stopping}, return_when=FIRST_COMPLETED)
+            synced.cancel()
             while True:
                 waking = asyncio.ensure_future(wakeup.wait())
                 await asyncio.wait({waking, stopping}, timeout=delay_seconds, return_when=FIRST_COMPLETED)
@@ -245,7 +253,7 @@ class Runtime:
             created=str(metadata.get("creationTimestamp", "")),
             generation=metadata.get("generation"),
         )
-        old_status = _status_of(body)
+        old_status = self.written.get(key) or _status_of(body)
         now = self.clock()
         try:
             spec = parse_spec(body.get("spec") or {})
@@ -356,6 +364,7 @@ class Runtime:
             patch = write.status.model_dump(by_alias=True, mode="json")
             stored = await self.cluster.patch_budget_status(namespace, name, patch)
             self.metrics.writes.labels("status").inc()
+            self.written[key] = write.status
             if "status" in stored:
                 body["status"] = stored["status"]
             ready = write.status.condition("Ready")
@@ -379,6 +388,7 @@ class Runtime:
             for write in rc.release_writes(name, self.pods.annotated_by(namespace, name)):
                 await self._write(key, {}, write)
         self.budgets.pop(key, None)
+        self.written.pop(key, None)
         self.selectors.remove(key)
         self.metrics.forget(namespace, name)
         log.info("budget deleted budget=%s/%s", namespace, name)
@@ -392,7 +402,6 @@ def register(
     """Register every handler explicitly on ``registry``."""
     kopf.on.login(registry=registry)(login)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(runtime.on_budget_event)
-    kopf.on.event("", "v1", "pods", registry=registry)(runtime.on_pod_event)
     kopf.daemon(
         GROUP,
         VERSION,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ from gpupower_operator import handlers
 from gpupower_operator.config import ConfigError, OperatorConfig, parse_config
 from gpupower_operator.kube import KubeCluster, connection_info, load_configuration
 from gpupower_operator.metrics import OperatorMetrics, metrics_app
+from gpupower_operator.podwatch import PodWatch
 
 log = logging.getLogger("gpupower_operator")
 
@@ -67,6 +69,9 @@ async def run(config: OperatorConfig) -> None:
         return await connection_info(configuration)
 
     handlers.register(registry, runtime, login)
+    pod_watch = PodWatch(api, config.namespaces, runtime.on_pod)
+    runtime.pods_synced = pod_watch.synced
+    watching = asyncio.create_task(pod_watch.run(), name="pod-watch")
     ready = asyncio.Event()
     app = metrics_app(metrics, ready.is_set)
     runner = web.AppRunner(app, access_log=None)
@@ -93,6 +98,9 @@ async def run(config: OperatorConfig) -> None:
             ready_flag=ready,
         )
     finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
         await runner.cleanup()
         await api.close()
         log.info("stopped")

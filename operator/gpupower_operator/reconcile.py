@@ -419,6 +419,12 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         )
 
     pending = [w for phase, w in phased if phase != Phase.CAPS_DOWN]
+    # Replicas whose pods do not exist yet will need their caps too.
+    unseen = sum(
+        max(0, plan.target(found.target).replicas - len(found.pods))
+        for found in target_pods
+        if isinstance(observed.workloads.get(found.target), WorkloadState) and not found.contested
+    )
     if missing:
         ready = cond.false(cond.READY, cond.REASON_WORKLOAD_NOT_FOUND, updates[0].message)
     elif contested:
@@ -429,9 +435,12 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         ready = cond.true(
             cond.READY, cond.REASON_ADVISORY, _plan_summary(plan) + " (advisory: nothing enforced)"
         )
-    elif pending:
+    elif pending or unseen:
         ready = cond.false(
-            cond.READY, cond.REASON_ENFORCING, f"{len(pending)} write(s) in progress; {_plan_summary(plan)}"
+            cond.READY,
+            cond.REASON_ENFORCING,
+            f"{len(pending)} write(s) in progress, {unseen} planned pod(s) not created yet; "
+            + _plan_summary(plan),
         )
     else:
         ready = cond.true(cond.READY, cond.REASON_ENFORCED, _plan_summary(plan))

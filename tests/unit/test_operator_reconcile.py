@@ -329,3 +329,14 @@ def test_a_planned_cap_the_pod_contract_cannot_carry_is_reported_against_the_cap
     spec["targets"][0]["profile"]["points"] = [{"watts": 20000, "throughput": 10}]
     error = rc.cap_error(parse_spec(spec), planned(spec))
     assert error is not None and error.field == "spec.targets[0].capWatts.max"
+
+
+def test_ready_waits_for_the_pods_of_new_replicas_to_exist_and_be_capped() -> None:
+    spec = spec_dict()
+    status, replicas, pods = settled(spec)
+    missing_one = [pod for pod in pods if pod.name != "decode-0"]
+    observed = rc.Observed(BUDGET, parse_spec(spec), status, workloads(replicas), missing_one)
+    outcome = rc.reconcile(observed, planned(spec), LATER)
+    ready = outcome.status.condition(cond.READY)
+    assert ready is not None and ready.status == ConditionStatus.FALSE
+    assert ready.reason == cond.REASON_ENFORCING and "1 planned pod(s) not created yet" in ready.message
