@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
 
 
 class PrometheusError(Exception):
@@ -103,7 +105,10 @@ class PrometheusClient:
         elif settings.ca_file is not None:
             session.verify = settings.ca_file
         headers = {"Authorization": f"Bearer {settings.bearer_token}"} if settings.bearer_token else None
-        self._connection = PrometheusConnect(url=settings.url, headers=headers, session=session)
+        # No retries inside a read: a failed read is counted, and the next interval reads again.
+        self._connection = PrometheusConnect(
+            url=settings.url, headers=headers, session=session, retry=Retry(total=False)
+        )
 
     def vector(self, query: str) -> list[Series]:
         try:
@@ -112,7 +117,9 @@ class PrometheusClient:
             raise PrometheusError(
                 f"query timed out after {self.settings.timeout_seconds:g}s at {self.settings.url}"
             ) from None
-        except requests.RequestException as error:
+        except requests.exceptions.JSONDecodeError as error:
+            raise PrometheusError(f"malformed response from {self.settings.url}: {error}"[:400]) from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
             raise PrometheusError(
                 f"cannot reach {self.settings.url}: {type(error).__name__}: {error}"[:400]
             ) from None
