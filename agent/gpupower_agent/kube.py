@@ -96,6 +96,7 @@ class Informer(Generic[K, V]):
         self.spec = spec
         self.items: dict[K, V] = {}
         self.synced = False
+        self._running = True
         self._on_change = on_change
         self._health = health
         self._on_api_error = on_api_error
@@ -165,14 +166,18 @@ class Informer(Generic[K, V]):
             raise ApiError(self.spec.name, error.status, error.body[:300]) from error
         return resource_version
 
+    def stop(self) -> None:
+        """End :meth:`run` at its next step (task cancellation alone can be lost in a race on 3.11)."""
+        self._running = False
+
     async def run(self) -> None:
-        """List and watch forever; errors keep the last cache and retry with backoff."""
+        """List and watch until stopped; errors keep the last cache and retry with backoff."""
         backoff = BACKOFF_MIN_SECONDS
-        while True:
+        while self._running:
             try:
                 version = await self.list()
                 backoff = BACKOFF_MIN_SECONDS
-                while True:
+                while self._running:
                     version = await self.watch(version)
             except WatchExpired:
                 log.info("event=watch_expired resource=%s action=relist", self.spec.name)

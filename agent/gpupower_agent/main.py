@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -23,6 +22,7 @@ from gpupower_agent.podresources import PodResourcesMapping, pod_resources_answe
 log = logging.getLogger("gpupower_agent")
 
 NVML_INIT_RETRY_MAX_SECONDS = 30.0
+TASK_STOP_TIMEOUT_SECONDS = 3.0
 
 
 def configure_logging(level: str) -> None:
@@ -156,15 +156,18 @@ async def run(config: AgentConfig) -> int:
                     metrics.reconcile_errors_total.inc()
                     log.exception("event=reconcile_failed action=keep_caps")
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Restore first: nothing that follows may delay giving the GPUs their defaults back.
         if config.restore_on_exit:
             agent.restore_all()
         else:
             log.info("event=exit_without_restore managed_gpus=%d", len(agent.managed))
+        for informer in (pods, budgets):
+            informer.stop()
+        for task in tasks:
+            task.cancel()
+        _, stuck = await asyncio.wait(tasks, timeout=TASK_STOP_TIMEOUT_SECONDS)
+        if stuck:
+            log.warning("event=watch_stop_timeout tasks=%d", len(stuck))
         await mapping.close()
         server.close()
         if isinstance(nvml, RealNvml):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -278,3 +279,22 @@ async def test_a_garbled_watch_stream_is_counted_and_the_informer_relists(script
     assert informer.items == {"b": "b"}
     assert errors == ["things"]
     assert health.healthy()
+
+
+async def test_a_stopped_informer_ends_even_without_cancellation() -> None:
+    # A port nobody listens on: every list fails, and the informer keeps retrying until stopped.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    informer = Informer(
+        ApiClient(Credentials("127.0.0.1", port, None, None)),
+        ResourceSpec("things", "/api/v1/things", {}, lambda raw: raw, lambda raw: str(raw)),
+        lambda: None,
+        ApiHealth(60),
+        lambda _: None,
+    )
+    task = asyncio.create_task(informer.run())
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    informer.stop()
+    await asyncio.wait_for(task, timeout=15)
