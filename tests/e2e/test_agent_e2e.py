@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gpupower_agent.cluster import PodKey
 from gpupower_agent.podresources import FakePodResourcesServer
 from tests.e2e.agentkit import (
+    AGENT_RBAC,
     AgentProcess,
     TcpProxy,
     agent_kubeconfig,
@@ -421,3 +423,72 @@ def test_a_corrupt_state_file_is_reported_and_the_agent_still_caps(
         if agent.running():
             agent.stop()
         server.stop()
+
+
+def test_a_namespace_restricted_agent_needs_only_a_role_and_ignores_other_namespaces(
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
+) -> None:
+    control_plane, namespace = crd_installed, cleanup_pods
+    rules = yaml.safe_load(AGENT_RBAC.read_text().split("---")[1])["rules"]
+    control_plane.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "agent", "namespace": namespace},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "agent", "namespace": namespace},
+                "rules": rules,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "agent", "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
+                "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}],
+            },
+        ]
+    )
+    kubeconfig = control_plane.service_account_kubeconfig(namespace, "agent", tmp_path)
+    other = unique_name("other")
+    control_plane.kubectl("create", "namespace", other)
+    agent, server = _start_agent(control_plane, kubeconfig, tmp_path, ["--namespace", namespace])
+    try:
+        agent.start()
+        for ns in (namespace, other):
+            budget = _budget(control_plane, ns)
+            set_grants(control_plane, ns, budget, {"decode": ("app=decode", 500)})
+        _pod(
+            control_plane,
+            server,
+            agent,
+            other,
+            "elsewhere",
+            [1],
+            {"app": "decode"},
+            cap_annotations("llm", 400),
+        )
+        _pod(
+            control_plane,
+            server,
+            agent,
+            namespace,
+            "here",
+            [0],
+            {"app": "decode"},
+            cap_annotations("llm", 450),
+        )
+        agent.wait_limit(0, 450)
+        assert agent.limit(1) == H100_DEFAULT_WATTS
+        assert agent.metric_value("gpupower_agent_api_errors_total", resource="pods") is None
+    finally:
+        if agent.running():
+            agent.stop()
+        server.stop()
+        control_plane.kubectl(
+            "delete", "pods", "--all", "-n", other, "--grace-period=0", "--force", "--wait=false", check=False
+        )
+        control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
