@@ -253,6 +253,7 @@ class Agent:
         """Carry out one decision; return the limit the GPU holds afterwards (None: unknown)."""
         uuid = decision.uuid
         if decision.action is Action.LEAVE or decision.target_watts is None:
+            self._retries.pop(uuid, None)
             return current_watts
         if decision.action is Action.CAP and uuid not in self.managed:
             # Recorded before the change, so a crash right after it still knows this GPU is ours.
