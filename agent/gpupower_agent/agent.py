@@ -117,6 +117,9 @@ class Agent:
         self._reported_clamps: set[tuple[str, int, int]] = set()
         for gpu in self._gpus.values():
             self.metrics.gpu_managed.labels(gpu.uuid, str(gpu.index)).set(0)
+            limit = self._read_limit(gpu)
+            if limit is not None:  # one series per GPU from the start, not only after the first reconcile
+                self.metrics.gpu_power_limit_watts.labels(gpu.uuid, str(gpu.index)).set(limit)
 
     # -- state file
 

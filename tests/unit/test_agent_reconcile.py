@@ -169,3 +169,8 @@ async def test_a_cap_the_gpu_cannot_take_is_clamped_and_counted(node: Node) -> N
     await node.agent.reconcile([capped_pod("low", 120)], [budget])
     assert node.limits()[0] == 200
     assert node.metric("gpupower_agent_clamps_total") == 1
+
+
+async def test_every_gpu_has_a_limit_series_before_the_first_reconcile(node: Node) -> None:
+    for index, uuid in enumerate(node.uuids):
+        assert node.metric("gpupower_agent_gpu_power_limit_watts", {"uuid": uuid, "index": str(index)}) == 700
