@@ -20,6 +20,8 @@ Degradation policy:
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import logging
 import math
@@ -30,6 +32,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from gpupower_api.models import BudgetSpec, BudgetStatus, PrometheusSpec, Target
 from gpupower_operator import promql
@@ -367,6 +372,27 @@ ReaderFactory = Callable[[ConnectionSettings], MetricsReader]
 
 class SecretError(Exception):
     """A Secret (or its key) that the Prometheus section names and that cannot be read."""
+
+
+def kubernetes_secret_reader(api: ApiClient) -> SecretReader:
+    """Read one key of a Secret through the API (the operator's ServiceAccount needs ``get secrets``)."""
+    core = CoreV1Api(api)
+
+    async def read(namespace: str, name: str, key: str) -> bytes:
+        try:
+            secret = await core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            reason = f"status={error.status} reason={error.reason}"
+            raise SecretError(f"secret {namespace}/{name}: {reason}") from None
+        data = secret.data or {}
+        if key not in data:
+            raise SecretError(f"secret {namespace}/{name} has no key {key!r}")
+        try:
+            return base64.b64decode(data[key], validate=True)
+        except (binascii.Error, ValueError):
+            raise SecretError(f"secret {namespace}/{name} key {key!r} is not base64") from None
+
+    return read
 
 
 class SignalSource:

@@ -197,7 +197,7 @@ async def test_quiet_engine_is_no_signal_and_keeps_the_last_good_demand(promethe
     assert loop.decode().replicas >= 1
     for _ in range(3):
         await loop.tick()
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
         assert loop.decode().demand == held
     assert loop.signals.condition is not None and loop.signals.condition.status == ConditionStatus.TRUE
     assert "no signal" in loop.signals.condition.message
