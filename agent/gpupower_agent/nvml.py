@@ -152,8 +152,9 @@ class FakeNvml:
 
     Another process (a test, the demo) can act on the hardware through the state file, as an
     administrator would with ``nvidia-smi``: a changed ``limitWatts`` is taken as the GPU's new
-    limit, and ``"faults": {"set": "no_permission"}`` on a GPU makes that operation fail until
-    the entry is removed. The fake notices the change at its next call.
+    limit, ``"faults": {"set": "no_permission"}`` on a GPU makes that operation fail until
+    the entry is removed, and ``"pids": [...]`` are the processes NVML reports running on it
+    (for ``--gpu-mapping cgroup``). The fake notices the change at its next call.
     """
 
     def __init__(self, node_name: str, spec: FakeGpuSpec, state_path: Path | None = None) -> None:
@@ -199,6 +200,9 @@ class FakeNvml:
             if isinstance(limit, int) and not isinstance(limit, bool):
                 constraints = state.gpu.constraints
                 state.limit_watts = min(max(limit, constraints.min_watts), constraints.max_watts)
+            pids = item.get("pids")
+            if isinstance(pids, list):
+                state.pids = [pid for pid in pids if isinstance(pid, int) and not isinstance(pid, bool)]
             item_faults = item.get("faults")
             if isinstance(item_faults, dict):
                 for operation, kind in item_faults.items():
@@ -226,6 +230,8 @@ class FakeNvml:
             }
             if faults:
                 entry["faults"] = faults
+            if state.pids:
+                entry["pids"] = list(state.pids)
             gpus.append(entry)
         _write_json_atomically(self._state_path, gpus)
         self._file_stamp = self._stamp()

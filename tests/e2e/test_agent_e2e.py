@@ -492,3 +492,34 @@ def test_a_namespace_restricted_agent_needs_only_a_role_and_ignores_other_namesp
             "delete", "pods", "--all", "-n", other, "--grace-period=0", "--force", "--wait=false", check=False
         )
         control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_the_cgroup_mapping_finds_pods_from_gpu_processes(
+    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+) -> None:
+    control_plane, namespace = crd_installed, cleanup_pods
+    proc = tmp_path / "proc"
+    agent, server = _start_agent(
+        control_plane, sa_kubeconfig, tmp_path, ["--gpu-mapping", "cgroup", "--proc-root", str(proc)]
+    )
+    server.stop()  # no kubelet socket: the agent finds pods through NVML processes and their cgroups
+    try:
+        agent.start()
+        budget = _budget(control_plane, namespace)
+        set_grants(control_plane, namespace, budget, {"decode": ("app=decode", 500)})
+        control_plane.apply(
+            pod_manifest("p", namespace, agent.node_name, {"app": "decode"}, cap_annotations(budget, 450))
+        )
+        uid = control_plane.get_json("pod", "p", "-n", namespace)["metadata"]["uid"]
+        container = "0123456789abcdef" * 4
+        (proc / "4242").mkdir(parents=True)
+        (proc / "4242" / "cgroup").write_text(
+            "0::/kubepods.slice/kubepods-burstable.slice/"
+            f"kubepods-burstable-pod{uid.replace('-', '_')}.slice/cri-containerd-{container}.scope\n"
+        )
+        agent.edit_gpu(3, pids=[4242])  # the workload's process starts on GPU 3
+        agent.wait_limit(3, 450)
+        assert agent.metric_value("gpupower_agent_info", gpu_mapping="cgroup") == 1
+    finally:
+        if agent.running():
+            agent.stop()
