@@ -37,6 +37,7 @@ from gpupower_api.models import BudgetSpec, BudgetStatus, InvalidSpecError, Mode
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 from gpupower_operator import conditions as cond
 from gpupower_operator.planner import Plan
+from gpupower_operator.signals import Signals
 
 MAX_NAMED_CONFLICTS = 3
 
@@ -111,6 +112,7 @@ class Observed:
     workloads: Mapping[str, WorkloadState | WorkloadMissing]
     pods: Sequence[PodState]
     others: Sequence[OtherBudget] = ()
+    signals: Signals | None = None  # from Prometheus, when the budget reads it
 
 
 # ---------------------------------------------------------------------------
@@ -354,6 +356,9 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         w.pod for phase, w in phased if phase == Phase.CAPS_DOWN and isinstance(w, AnnotatePod)
     )
     targets = _target_statuses(spec, plan, observed.workloads, target_pods, annotated_after)
+    signals = observed.signals
+    if signals is not None:
+        targets = [t.model_copy(update=signals.target_status(t.name)) for t in targets]
 
     updates: list[cond.ConditionUpdate] = []
     missing = {name: w for name, w in observed.workloads.items() if isinstance(w, WorkloadMissing)} | {
@@ -449,11 +454,18 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     old = observed.old_status
     status = BudgetStatus(
         observed_generation=budget.generation,
-        conditions=cond.merge_conditions(old.conditions if old else [], updates, budget.generation, now),
+        conditions=cond.merge_conditions(
+            old.conditions if old else [],
+            [*updates, *([signals.condition] if signals is not None and signals.condition else [])],
+            budget.generation,
+            now,
+        ),
         strategy=str(plan.strategy),
         budget_watts=spec.total_watts,
         planned_watts=_round(plan.watts, 1),
-        observed_watts=None,
+        observed_watts=None
+        if signals is None or signals.observed_watts is None
+        else _round(signals.observed_watts, 1),
         utilization=_round(plan.utilization),
         served_fraction=_round(plan.served_fraction),
         replicas=f"{sum(t.planned_replicas for t in targets)}/{sum(t.desired_replicas for t in targets)}",
