@@ -8,6 +8,7 @@ import pytest
 
 from gpupower_api.models import BudgetSpec, BudgetStatus, ConditionStatus, TargetStatus, parse_spec
 from gpupower_operator import planner, promql, signals
+from gpupower_operator import reconcile as rc
 from gpupower_operator.prometheus import FakeMetrics, NoSignal, PrometheusError, Series
 from gpupower_operator.signals import DemandSource, Memory, Reading, TargetReading, advance
 
@@ -218,3 +219,33 @@ async def test_reads_are_spaced_by_the_interval() -> None:
     now[0] = 10.0
     await source.signals("serving", "b", budget, None)
     assert len(calls) == 2 * first
+
+
+def test_reconcile_writes_observed_watts_corrections_and_metrics_available() -> None:
+    budget = spec()
+    _, result = advance(Memory(), budget, None, reading(24.0, power_watts=500.0, gpus=2), 0.0)
+    the_plan = planner.plan(
+        planner.problem_from_spec(budget, demand=result.demand(), corrections=result.corrections())
+    )
+    observed = rc.Observed(
+        budget=rc.BudgetRef(name="b", namespace="serving", created="2026-01-01T00:00:00Z", generation=1),
+        spec=budget,
+        old_status=None,
+        workloads={
+            "decode": rc.WorkloadState(replicas=2, selector="app=decode"),
+            "prefill": rc.WorkloadState(replicas=1, selector="app=prefill"),
+        },
+        pods=[],
+        signals=result,
+    )
+    status = rc.reconcile(observed, the_plan, "2026-01-01T00:00:00Z").status
+    assert status.observed_watts == 500.0
+    decode = status.target("decode")
+    assert decode is not None
+    assert (decode.observed_watts, decode.demand, decode.demand_source) == (500.0, 24.0, "Prometheus")
+    assert (decode.power_factor, decode.throughput_factor) == (1.0, 1.0)
+    available = status.condition(signals.METRICS_AVAILABLE)
+    assert available is not None and available.status == ConditionStatus.TRUE
+    body = rc.status_body(status)
+    assert body["targets"][0]["demandSource"] == "Prometheus"
+    assert BudgetStatus.model_validate(body) == status
