@@ -2,7 +2,8 @@
 
 The synthetic exporter plays the engines and DCGM; Prometheus scrapes it every
 second; :class:`SignalSource` reads the real server with prometheus-api-client.
-Each test works in its own namespace label, so tests share one server.
+Each test works in its own namespace label, so tests share one server. The outage and the
+recovery are tested through the operator (test_prometheus_operator.py).
 """
 
 from __future__ import annotations
@@ -253,43 +254,3 @@ async def test_missed_ttft_goal_corrects_capacity_down_and_adds_capacity(prometh
     decode_status = loop.status.target("decode")
     assert decode_status is not None and decode_status.observed_ttft_seconds is not None
     assert decode_status.observed_ttft_seconds > 0.5
-
-
-async def test_prometheus_down_keeps_the_last_plan_then_recovers(prometheus: PrometheusStack) -> None:
-    loop = Loop(prometheus, budget_spec(prometheus.url))
-    loop.fleet.demand = 18
-    await loop.until(lambda: close_to(loop.decode().demand, 18.0), 30, "demand of 18 req/s")
-    last_plan = loop.plan
-
-    prometheus.server.stop()
-    try:
-        await loop.until(
-            lambda: (
-                loop.signals is not None
-                and loop.signals.condition is not None
-                and loop.signals.condition.status == ConditionStatus.FALSE
-            ),
-            20,
-            "MetricsAvailable to turn False",
-        )
-        assert loop.signals is not None and loop.signals.condition is not None
-        assert loop.signals.condition.reason == "QueriesFailing"
-        assert "cannot reach" in loop.signals.condition.message
-        assert loop.plan == last_plan
-        assert loop.signals.targets["decode"].demand_source == DemandSource.LAST_GOOD
-    finally:
-        prometheus.server.start()
-
-    loop.fleet.demand = 30
-    await loop.until(
-        lambda: (
-            loop.signals is not None
-            and loop.signals.condition is not None
-            and loop.signals.condition.status == ConditionStatus.TRUE
-            and close_to(loop.decode().demand, 30.0)
-        ),
-        40,
-        "recovery: MetricsAvailable True and the new demand read",
-    )
-    assert loop.signals is not None
-    assert loop.signals.targets["decode"].demand_source == DemandSource.PROMETHEUS
