@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
-from gpupower_api.models import BudgetStatus, InvalidSpecError, parse_spec
+from gpupower_api.models import BudgetStatus, InvalidSpecError, Mode, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class BudgetView:
     name: str
     safe_default_watts: int | None
     grants: tuple[Grant, ...]
+    advisory: bool = False  # mode Advisory: the plan is not enforced, so the agent ignores the budget
 
 
 def _metadata(raw: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping[str, Any]]:
@@ -100,7 +101,7 @@ def pod_view(raw: Mapping[str, Any]) -> PodView:
 
 
 def budget_view(raw: Mapping[str, Any]) -> BudgetView:
-    """The agent's view of a raw GpuPowerBudget: its safe default and the grants in its status.
+    """The agent's view of a raw GpuPowerBudget: its mode, its safe default and the grants in its status.
 
     An invalid spec leaves the safe default unknown (the agent's own default applies);
     an invalid status or target selector grants nothing. Both are logged.
@@ -108,6 +109,8 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
     namespace, name, _ = _metadata(raw, "gpupowerbudget")
     safe_default: int | None = None
     spec = raw.get("spec")
+    # Read apart from the validation: an invalid spec must not turn an Advisory budget into an enforcing one.
+    advisory = isinstance(spec, Mapping) and spec.get("mode") == Mode.ADVISORY.value
     try:
         safe_default = parse_spec(dict(spec) if isinstance(spec, Mapping) else {}).safe_default_watts
     except InvalidSpecError as error:
@@ -141,4 +144,10 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
                 )
                 continue
             grants.append(Grant(target_name=target.name, selector=selector, cap_watts=target.cap_watts))
-    return BudgetView(namespace=namespace, name=name, safe_default_watts=safe_default, grants=tuple(grants))
+    return BudgetView(
+        namespace=namespace,
+        name=name,
+        safe_default_watts=safe_default,
+        grants=tuple(grants),
+        advisory=advisory,
+    )

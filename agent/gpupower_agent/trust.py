@@ -10,6 +10,9 @@ annotations that a budget's status target selects (a replica the operator has
 not annotated yet) gets that budget's safe default at once. Pods neither
 annotated nor selected are not managed.
 
+Budgets in Advisory mode change nothing on the fleet: the agent ignores them,
+so they select and grant nothing, and a pod naming one is not managed.
+
 The operator lowers caps on pods before it lowers a grant, and raises a grant
 before the caps, so a correct operator never trips this rule.
 """
@@ -66,8 +69,9 @@ class BudgetIndex:
     def get(self, namespace: str, name: str) -> BudgetView | None:
         return self.by_namespace.get(namespace, {}).get(name)
 
-    def in_namespace(self, namespace: str) -> Iterable[BudgetView]:
-        return self.by_namespace.get(namespace, {}).values()
+    def enforcing_in(self, namespace: str) -> Iterable[BudgetView]:
+        """The namespace's budgets in Enforce mode (Advisory ones change nothing on the fleet)."""
+        return (b for b in self.by_namespace.get(namespace, {}).values() if not b.advisory)
 
 
 def _safe_default(budget: BudgetView | None, agent_default_watts: int) -> int:
@@ -85,14 +89,14 @@ def pod_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int) -> Pod
     """The cap ``pod`` gets under the trust rule, or ``None`` when no budget manages it."""
     namespace = pod.key.namespace
     if not pod.annotated:
-        selecting = [b for b in budgets.in_namespace(namespace) if _highest_grant(b, pod) is not None]
+        selecting = [b for b in budgets.enforcing_in(namespace) if _highest_grant(b, pod) is not None]
         if not selecting:
             return None
         safe = min(_safe_default(b, agent_default_watts) for b in selecting)
         return PodCap(pod.key, safe, safe, Verdict.AWAITING_CAP, detail="selected by a budget, no cap yet")
 
     if pod.budget_name is None:
-        selecting = [b for b in budgets.in_namespace(namespace) if _highest_grant(b, pod) is not None]
+        selecting = [b for b in budgets.enforcing_in(namespace) if _highest_grant(b, pod) is not None]
         safe = min((_safe_default(b, agent_default_watts) for b in selecting), default=agent_default_watts)
         return PodCap(
             pod.key,
@@ -104,6 +108,8 @@ def pod_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int) -> Pod
         )
 
     budget = budgets.get(namespace, pod.budget_name)
+    if budget is not None and budget.advisory:
+        return None
     safe = _safe_default(budget, agent_default_watts)
 
     def untrusted(reason: UntrustedReason, detail: str) -> PodCap:

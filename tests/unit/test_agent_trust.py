@@ -97,6 +97,27 @@ def test_trust_rule_table(
     assert (result.verdict, result.reason, result.cap_watts) == (verdict, reason, watts)
 
 
+ADVISORY = BudgetView("ns", "preview", 200, (Grant("decode", parse_selector("app=llm"), 450),), advisory=True)
+
+
+def test_an_advisory_budget_changes_nothing_on_the_fleet() -> None:
+    # it selects no new replica, vouches for no cap, and a pod naming it is not managed
+    assert pod_cap(pod(DECODE), budgets(ADVISORY), AGENT_DEFAULT) is None
+    assert pod_cap(pod(DECODE, "preview", "450"), budgets(ADVISORY), AGENT_DEFAULT) is None
+    # beside an enforcing budget, only the enforcing one counts
+    result = pod_cap(pod(DECODE), budgets(ADVISORY, LLM), AGENT_DEFAULT)
+    assert result is not None and result.cap_watts == 300
+
+
+def test_budget_view_reads_the_mode_even_from_an_invalid_spec() -> None:
+    raw = raw_budget({})
+    raw["spec"]["mode"] = "Advisory"
+    assert budget_view(raw).advisory
+    raw["spec"]["safeDefaultWatts"] = "high"
+    assert budget_view(raw).advisory
+    assert not budget_view(raw_budget({})).advisory
+
+
 def test_pods_neither_annotated_nor_selected_are_not_managed() -> None:
     assert pod_cap(pod({"app": "web"}), budgets(LLM), AGENT_DEFAULT) is None
     assert pod_cap(pod(DECODE), budgets(), AGENT_DEFAULT) is None
