@@ -77,9 +77,14 @@ images:
 	docker build -f Dockerfile.operator -t ghcr.io/gpupower/gpupower-operator:$(IMAGE_TAG) .
 	docker build -f Dockerfile.agent -t ghcr.io/gpupower/gpupower-agent:$(IMAGE_TAG) .
 
-bench: install
+# Benchmarks print figures beside a baseline measured in the same run (not part of make test).
+bench: install envtest
 	$(PY) bench/plan_quality.py
 	$(PY) bench/plan_speed.py
+	$(PY) bench/agent_reconcile.py
+	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_rss.py
+	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_latency.py
+	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/operator_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
