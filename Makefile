@@ -7,8 +7,9 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # The envtest kit: $KUBEBUILDER_ASSETS (controller-runtime's convention), else ../shared/envtest.
 ENVTEST_KIT ?= $(abspath ../shared/envtest)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install crds lint format envtest test test-unit test-cluster demo bench clean requirements images
+.PHONY: help install crds docs prometheus lint format envtest test test-unit test-cluster demo bench clean requirements images
 
 help:
 	@echo "make demo   - install, then run the operator and agents on a local control plane with simulated GPUs"
@@ -26,6 +27,9 @@ install: $(STAMP)
 
 crds: $(STAMP)
 	$(PY) -m gpupower_api.crd crds/gpupowerbudgets.yaml
+
+docs: $(STAMP)
+	$(PY) -m gpupower_api.reference README.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -49,7 +53,16 @@ envtest:
 		if [ -n "$$CI" ]; then exit 1; fi; \
 	fi
 
-test: install lint envtest
+# The real Prometheus server the Prometheus tests run on loopback (Debian's package).
+prometheus:
+	@command -v prometheus >/dev/null || { \
+		echo "installing Debian's prometheus for the tests"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	}
+	@prometheus --version 2>&1 | head -1
+
+test: install lint envtest prometheus
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(VENV)/bin/pytest -q -p no:cacheprovider
 
 test-unit: install
