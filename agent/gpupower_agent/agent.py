@@ -121,6 +121,23 @@ class Agent:
             if limit is not None:  # one series per GPU from the start, not only after the first reconcile
                 self.metrics.gpu_power_limit_watts.labels(gpu.uuid, str(gpu.index)).set(limit)
 
+    def refresh_gpus(self, gpus: Iterable[Gpu]) -> None:
+        """Take the GPUs' constraints as NVML reports them now (a GPU replaced, a driver reloaded)."""
+        for gpu in gpus:
+            before = self._gpus.get(gpu.uuid)
+            if before != gpu:
+                log.info(
+                    "event=gpu_changed uuid=%s index=%d product=%s min_watts=%d max_watts=%d "
+                    "default_watts=%d",
+                    gpu.uuid,
+                    gpu.index,
+                    gpu.model,
+                    gpu.constraints.min_watts,
+                    gpu.constraints.max_watts,
+                    gpu.constraints.default_watts,
+                )
+                self._gpus[gpu.uuid] = gpu
+
     # -- state file
 
     def load_state(self) -> None:

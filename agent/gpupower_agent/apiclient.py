@@ -1,6 +1,7 @@
-"""A small read-only Kubernetes API client on asyncio streams: credentials, GET of a list, watch streams.
+"""A small Kubernetes API client on asyncio streams: credentials, GET, watch streams, one merge PATCH.
 
-The agent needs two calls of the API (list and watch, as raw JSON) and must stay
+The agent needs three calls of the API (list and watch, as raw JSON, and a merge
+patch of its own Node's inventory labels) and must stay
 small on every GPU node; the generated kubernetes-asyncio client alone costs
 about 60 MiB of memory for its thousand model classes. This speaks HTTP/1.1
 over TLS, one connection per request, and finds credentials the usual way: in
@@ -194,13 +195,18 @@ class _Response:
         self.writer.close()
 
 
+MERGE_PATCH = "application/merge-patch+json"
+
+
 class ApiClient:
-    """GET requests to the API server; each on its own connection."""
+    """Requests to the API server (GET, and PATCH for the node inventory); each on its own connection."""
 
     def __init__(self, credentials: Credentials) -> None:
         self.credentials = credentials
 
-    async def _request(self, path: str, params: Mapping[str, str]) -> _Response:
+    async def _request(
+        self, path: str, params: Mapping[str, str], method: str = "GET", body: bytes | None = None
+    ) -> _Response:
         creds = self.credentials
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
@@ -214,16 +220,18 @@ class ApiClient:
         try:
             target = f"{path}?{urlencode(params)}" if params else path
             lines = [
-                f"GET {target} HTTP/1.1",
+                f"{method} {target} HTTP/1.1",
                 f"Host: {creds.host}:{creds.port}",
                 "Accept: application/json",
                 "User-Agent: gpupower-agent",
                 "Connection: close",
             ]
+            if body is not None:
+                lines += [f"Content-Type: {MERGE_PATCH}", f"Content-Length: {len(body)}"]
             token = creds.bearer()
             if token:
                 lines.append(f"Authorization: Bearer {token}")
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
         except BaseException:
@@ -262,6 +270,19 @@ class ApiClient:
             return json.loads(body)
 
         return await asyncio.wait_for(fetch(), timeout_seconds)
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any], timeout_seconds: float) -> Any:
+        """PATCH ``path`` with a JSON merge patch; return the object the server answers with."""
+
+        async def send() -> Any:
+            response = await self._request(path, {}, "PATCH", json.dumps(patch).encode())
+            try:
+                body = b"".join([chunk async for chunk in _body_chunks(response, None)])
+            finally:
+                response.close()
+            return json.loads(body)
+
+        return await asyncio.wait_for(send(), timeout_seconds)
 
     async def watch(
         self, path: str, params: Mapping[str, str], idle_timeout_seconds: float

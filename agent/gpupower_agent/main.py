@@ -18,6 +18,7 @@ from gpupower_agent.mapping import GpuMapping, MappingMode
 from gpupower_agent.metrics import AgentMetrics, start_http_server
 from gpupower_agent.nvml import FakeNvml, NvmlError, PowerControl, RealNvml
 from gpupower_agent.podresources import PodResourcesMapping, pod_resources_answers
+from gpupower_agent.publisher import InventoryPublisher
 
 log = logging.getLogger("gpupower_agent")
 
@@ -128,6 +129,7 @@ async def run(config: AgentConfig) -> int:
 
     pods = pod_informer(api, config.node_name, config.namespace, wake.set, health, on_api_error)
     budgets = budget_informer(api, config.namespace, wake.set, health, on_api_error)
+    publisher = InventoryPublisher(api, config.node_name, metrics)
     tasks = [asyncio.create_task(pods.run()), asyncio.create_task(budgets.run())]
     log.info(
         "event=started node=%s gpus=%d namespace=%s resync_seconds=%g restore_on_exit=%s",
@@ -148,6 +150,16 @@ async def run(config: AgentConfig) -> int:
                 break
             if time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + config.resync_seconds
+            try:
+                present = nvml.gpus()
+            except NvmlError as error:
+                metrics.nvml_errors_total.labels(error.operation, error.kind.value).inc()
+                log.warning(
+                    "event=nvml_error op=%s kind=%s action=keep_inventory", error.operation, error.kind
+                )
+            else:
+                agent.refresh_gpus(present)
+                await publisher.publish(present)
             if pods.synced and budgets.synced:
                 try:
                     await agent.reconcile(list(pods.items.values()), list(budgets.items.values()))

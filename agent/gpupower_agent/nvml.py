@@ -128,6 +128,7 @@ class _FakeGpuState:
     gpu: Gpu
     limit_watts: int
     pids: list[int] = field(default_factory=list)
+    lost: bool = False
 
 
 def _write_json_atomically(path: Path, payload: Any) -> None:
@@ -154,7 +155,9 @@ class FakeNvml:
     administrator would with ``nvidia-smi``: a changed ``limitWatts`` is taken as the GPU's new
     limit, ``"faults": {"set": "no_permission"}`` on a GPU makes that operation fail until
     the entry is removed, and ``"pids": [...]`` are the processes NVML reports running on it
-    (for ``--gpu-mapping cgroup``). The fake notices the change at its next call.
+    (for ``--gpu-mapping cgroup``), ``"lost": true`` makes the GPU vanish (as after an Xid
+    error) until removed, and another ``"model"`` puts a GPU of that model in its slot (same
+    UUID, new constraints). The fake notices the change at its next call.
     """
 
     def __init__(self, node_name: str, spec: FakeGpuSpec, state_path: Path | None = None) -> None:
@@ -200,6 +203,12 @@ class FakeNvml:
             if isinstance(limit, int) and not isinstance(limit, bool):
                 constraints = state.gpu.constraints
                 state.limit_watts = min(max(limit, constraints.min_watts), constraints.max_watts)
+            model = GPU_MODELS.get(str(item.get("model")))
+            if model is not None and model.name != state.gpu.model:
+                state.gpu = Gpu(state.gpu.uuid, state.gpu.index, model.name, model.constraints)
+                constraints = model.constraints
+                state.limit_watts = min(max(state.limit_watts, constraints.min_watts), constraints.max_watts)
+            state.lost = item.get("lost") is True
             pids = item.get("pids")
             if isinstance(pids, list):
                 state.pids = [pid for pid in pids if isinstance(pid, int) and not isinstance(pid, bool)]
@@ -232,6 +241,8 @@ class FakeNvml:
                 entry["faults"] = faults
             if state.pids:
                 entry["pids"] = list(state.pids)
+            if state.lost:
+                entry["lost"] = True
             gpus.append(entry)
         _write_json_atomically(self._state_path, gpus)
         self._file_stamp = self._stamp()
@@ -267,7 +278,7 @@ class FakeNvml:
 
     def _state(self, uuid: str, operation: str) -> _FakeGpuState:
         state = self._gpus.get(uuid)
-        if state is None:
+        if state is None or state.lost:
             raise NvmlError(NvmlErrorKind.GPU_LOST, operation, uuid, "no such GPU")
         return state
 
@@ -278,7 +289,9 @@ class FakeNvml:
         return True
 
     def gpus(self) -> list[Gpu]:
-        return [s.gpu for s in sorted(self._gpus.values(), key=lambda s: s.gpu.index)]
+        self._refresh()
+        present = (s for s in self._gpus.values() if not s.lost)
+        return [s.gpu for s in sorted(present, key=lambda s: s.gpu.index)]
 
     def power_limit_watts(self, uuid: str) -> int:
         self._maybe_fail("get", uuid)
@@ -331,11 +344,25 @@ class RealNvml:
         import pynvml
 
         self._nvml = pynvml
+        self._handles: dict[str, Any] = {}
+        self._gpus: list[Gpu] = []
         try:
             pynvml.nvmlInit()
-            self._handles: dict[str, Any] = {}
-            self._gpus: list[Gpu] = []
-            for index in range(pynvml.nvmlDeviceGetCount()):
+        except pynvml.NVMLError as error:
+            raise NvmlError(_error_kind(error.value), "init", None, str(error)) from error
+        self._scan()
+
+    def _scan(self) -> None:
+        """Enumerate the GPUs and their constraints now; a GPU that does not answer is left out (lost)."""
+        pynvml = self._nvml
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError as error:
+            raise NvmlError(_error_kind(error.value), "scan", None, str(error)) from error
+        handles: dict[str, Any] = {}
+        gpus: list[Gpu] = []
+        for index in range(count):
+            try:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(index)
                 uuid = pynvml.nvmlDeviceGetUUID(handle)
                 uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
@@ -343,15 +370,17 @@ class RealNvml:
                 name = name.decode() if isinstance(name, bytes) else str(name)
                 min_mw, max_mw = pynvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
                 default_mw = pynvml.nvmlDeviceGetPowerManagementDefaultLimit(handle)
-                constraints = GpuConstraints(
-                    min_watts=_milliwatts_to_watts(min_mw),
-                    max_watts=_milliwatts_to_watts(max_mw),
-                    default_watts=_milliwatts_to_watts(default_mw),
-                )
-                self._handles[uuid] = handle
-                self._gpus.append(Gpu(uuid=uuid, index=index, model=name, constraints=constraints))
-        except pynvml.NVMLError as error:
-            raise NvmlError(_error_kind(error.value), "init", None, str(error)) from error
+            except pynvml.NVMLError:
+                continue
+            constraints = GpuConstraints(
+                min_watts=_milliwatts_to_watts(min_mw),
+                max_watts=_milliwatts_to_watts(max_mw),
+                default_watts=_milliwatts_to_watts(default_mw),
+            )
+            handles[uuid] = handle
+            gpus.append(Gpu(uuid=uuid, index=index, model=name, constraints=constraints))
+        self._handles = handles
+        self._gpus = gpus
 
     def _call(self, operation: str, uuid: str, fn: Any, *args: Any) -> Any:
         handle = self._handles.get(uuid)
@@ -367,6 +396,8 @@ class RealNvml:
         return False
 
     def gpus(self) -> list[Gpu]:
+        """The GPUs present now: re-enumerated, so a lost, replaced or re-attached GPU shows."""
+        self._scan()
         return list(self._gpus)
 
     def power_limit_watts(self, uuid: str) -> int:

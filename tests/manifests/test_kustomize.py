@@ -73,19 +73,41 @@ def test_base_security_settings() -> None:
     assert any(a.startswith("--node-name=") for a in agent["args"])
 
 
+def _cluster_role(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(d for d in documents if d["kind"] == "ClusterRole" and d["metadata"]["name"] == name)
+
+
+def _node_only_rules(role: dict[str, Any]) -> bool:
+    return all(rule["apiGroups"] == [""] and rule["resources"] == ["nodes"] for rule in role["rules"])
+
+
 def test_agent_role_is_read_only() -> None:
-    documents = render("manifests")
-    role = next(
-        d for d in documents if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "gpupower-agent"
-    )
-    verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
+    verbs = {
+        verb
+        for rule in _cluster_role(render("manifests"), "gpupower-agent")["rules"]
+        for verb in rule["verbs"]
+    }
     assert verbs <= {"get", "list", "watch"}, f"the agent role writes: {verbs}"
 
 
-def test_namespace_restricted_overlay_has_no_cluster_roles() -> None:
+def test_the_agent_writes_nothing_but_nodes_and_only_get_and_patch_them() -> None:
+    documents = render("manifests")
+    agent_roles = [
+        d
+        for d in documents
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"].startswith("gpupower-agent")
+    ]
+    assert {d["metadata"]["name"] for d in agent_roles} == {"gpupower-agent", "gpupower-agent-node-inventory"}
+    inventory = _cluster_role(documents, "gpupower-agent-node-inventory")
+    assert inventory["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+
+
+def test_namespace_restricted_overlay_keeps_cluster_roles_for_nodes_only() -> None:
     documents = render("manifests/overlays/namespace-restricted")
-    kinds = [d["kind"] for d in documents]
-    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    cluster_roles = [d for d in documents if d["kind"] == "ClusterRole"]
+    assert cluster_roles and all(_node_only_rules(role) for role in cluster_roles)
+    bindings = [d for d in documents if d["kind"] == "ClusterRoleBinding"]
+    assert {b["roleRef"]["name"] for b in bindings} == {r["metadata"]["name"] for r in cluster_roles}
     roles = [d for d in documents if d["kind"] in {"Role", "RoleBinding"}]
     assert len(roles) == 4 and all(d["metadata"]["namespace"] == "inference" for d in roles)
     for document in documents:
