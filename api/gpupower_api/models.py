@@ -230,6 +230,12 @@ class PrometheusSpec(ApiModel):
     replan_interval_seconds: int = Field(
         default=120, ge=0, le=86400, description="Least seconds between two re-plans caused by corrections."
     )
+    demand_stabilization_seconds: int = Field(
+        default=120,
+        ge=0,
+        le=3600,
+        description="Demand falls are followed only after lasting this long (rises at once).",
+    )
 
     @model_validator(mode="after")
     def _tls_choice(self) -> Self:
@@ -391,6 +397,18 @@ class TargetStatus(ApiModel):
     )
     throughput_factor: float | None = Field(
         default=None, description="Correction used by the plan: real / profiled capacity, SLA included."
+    )
+    cap_range_min_watts: int | None = Field(
+        default=None,
+        description="Lowest per-GPU cap the plan could give: capWatts.min within what the nodes accept.",
+    )
+    cap_range_max_watts: int | None = Field(
+        default=None,
+        description="Highest per-GPU cap the plan could give: capWatts.max within what the nodes accept.",
+    )
+    cap_range_source: str | None = Field(
+        default=None,
+        description="Where the effective cap range came from: CapWatts, Profile, Nodes or CapWattsAndNodes.",
     )
 
 

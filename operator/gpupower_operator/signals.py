@@ -144,6 +144,8 @@ class Memory:
     """What a budget's signals remember between reads."""
 
     last_good_demand: Mapping[str, float] = field(default_factory=dict)
+    # Per target, the (seconds, demand) reads within the stabilization window.
+    recent_demand: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     failures: int = 0
     corrections: CorrectionState = field(default_factory=CorrectionState)
     last_read_seconds: float | None = None
@@ -205,6 +207,20 @@ def _observation(
     )
 
 
+def recent_window(
+    window: tuple[tuple[float, float], ...], now_seconds: float, value: float, stabilization_seconds: float
+) -> tuple[tuple[float, float], ...]:
+    """The reads of the last ``stabilization_seconds``, this one included.
+
+    Demand planned for is the highest of them (as the HorizontalPodAutoscaler's
+    scale-down stabilization does): a rise is followed at once, a fall only once
+    it has lasted the window, so pods coming and going (whose counters enter and
+    leave the rate window) never make the fleet flap.
+    """
+    kept = tuple((at, v) for at, v in window if now_seconds - at < stabilization_seconds)
+    return (*kept, (now_seconds, value))
+
+
 def _status_demand(old_status: BudgetStatus | None, name: str) -> float | None:
     """The last good demand a previous operator run wrote to the status."""
     entry = old_status.target(name) if old_status is not None else None
@@ -238,6 +254,7 @@ def advance(
     failed = reading.error is not None
     failures = memory.failures + 1 if failed else 0
     last_good = dict(memory.last_good_demand)
+    recent = dict(memory.recent_demand)
     corrections = memory.corrections
     applied_now: tuple[str, ...] = ()
     if not failed:
@@ -254,7 +271,14 @@ def advance(
         target_reading = reading.targets.get(target.name, TargetReading())
         demand_value = _number(target_reading.demand)
         if promql.uses_prometheus(target) and demand_value is not None and not failed:
-            fresh = max(0.0, demand_value)
+            window = recent_window(
+                recent.get(target.name, ()),
+                now_seconds,
+                max(0.0, demand_value),
+                prometheus.demand_stabilization_seconds,
+            )
+            recent[target.name] = window
+            fresh = max(value for _, value in window)
             demand: float | None = fresh
             source = DemandSource.PROMETHEUS
             last_good[target.name] = fresh
@@ -313,6 +337,7 @@ def advance(
     )
     new_memory = Memory(
         last_good_demand=last_good,
+        recent_demand=recent,
         failures=failures,
         corrections=corrections,
         last_read_seconds=now_seconds,

@@ -249,3 +249,16 @@ def test_reconcile_writes_observed_watts_corrections_and_metrics_available() -> 
     body = rc.status_body(status)
     assert body["targets"][0]["demandSource"] == "Prometheus"
     assert BudgetStatus.model_validate(body) == status
+
+
+def test_demand_rises_at_once_and_falls_only_after_the_stabilization_window() -> None:
+    budget = spec(demandStabilizationSeconds=30)
+    memory = Memory()
+    planned = []
+    for second, value in [(0, 20.0), (5, 35.0), (10, 12.0), (20, 15.0), (36, 14.0), (41, 11.0), (60, 13.0)]:
+        memory, result = advance(memory, budget, None, reading(value), float(second))
+        planned.append(result.targets["decode"].demand)
+    # 35 read at 5 s holds until 35 s; then the highest read of the last 30 s.
+    assert planned == [20.0, 35.0, 35.0, 35.0, 15.0, 15.0, 14.0]
+    _, immediate = advance(Memory(), spec(demandStabilizationSeconds=0), None, reading(3.0), 0.0)
+    assert immediate.targets["decode"].demand == 3.0
