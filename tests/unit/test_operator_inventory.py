@@ -1,0 +1,163 @@
+"""Effective cap ranges: capWatts intersected with what the targets' nodes publish, and the conditions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpupower_api.contract import GPU_POWER_DEFAULT_LABEL, GPU_POWER_MAX_LABEL, GPU_POWER_MIN_LABEL
+from gpupower_api.models import ConditionStatus, Target
+from gpupower_operator import inventory as inv
+from gpupower_operator.inventory import NodeInfo, Placement, RangeSource, effective_range, node_info
+
+
+def _target(cap_watts: tuple[int, int] | None = (100, 700)) -> Target:
+    raw: dict[str, Any] = {
+        "name": "decode",
+        "workloadRef": {"name": "decode"},
+        "maxReplicas": 4,
+        "profile": {"points": [{"watts": 180, "throughput": 5}, {"watts": 600, "throughput": 10}]},
+    }
+    if cap_watts is not None:
+        raw["capWatts"] = {"min": cap_watts[0], "max": cap_watts[1]}
+    return Target.model_validate(raw)
+
+
+def _node(
+    name: str, low: int | str | None, high: int | str | None, gpu: bool = True, **labels: str
+) -> NodeInfo:
+    raw = dict(labels)
+    if gpu:
+        raw["nvidia.com/gpu.present"] = "true"
+    if low is not None:
+        raw[GPU_POWER_MIN_LABEL] = str(low)
+    if high is not None:
+        raw[GPU_POWER_MAX_LABEL] = str(high)
+    raw[GPU_POWER_DEFAULT_LABEL] = str(high)
+    return node_info(name, raw)
+
+
+A100 = _node("a100-node", 150, 250)
+H100 = _node("h100-node", 200, 700)
+NODES = {n.name: n for n in (A100, H100)}
+
+
+def _by_type(updates: list[Any]) -> dict[str, Any]:
+    return {u.type: u for u in updates}
+
+
+def test_capwatts_is_narrowed_to_the_nodes_its_pods_run_on() -> None:
+    result = effective_range(_target(), Placement(bound_nodes=frozenset({"a100-node"})), NODES)
+    assert (result.min_watts, result.max_watts) == (150, 250)
+    assert result.source is RangeSource.CAP_WATTS_AND_NODES and result.narrowed
+    adjusted = _by_type(inv.conditions([result]))[inv.CAP_RANGE_ADJUSTED]
+    assert adjusted.status is ConditionStatus.TRUE and adjusted.reason == inv.REASON_NARROWED_BY_NODES
+    assert (
+        "a100-node" in adjusted.message
+        and "100-700 W" in adjusted.message
+        and "150-250 W" in adjusted.message
+    )
+
+
+def test_pods_on_mixed_nodes_plan_within_the_range_every_node_accepts() -> None:
+    placement = Placement(bound_nodes=frozenset({"a100-node", "h100-node"}))
+    result = effective_range(_target(), placement, NODES)
+    assert (result.min_watts, result.max_watts) == (200, 250)
+    assert result.nodes == ("a100-node", "h100-node")
+
+
+def test_without_capwatts_the_range_comes_from_the_nodes_alone() -> None:
+    result = effective_range(_target(None), Placement(bound_nodes=frozenset({"h100-node"})), NODES)
+    assert (result.min_watts, result.max_watts, result.source) == (200, 700, RangeSource.NODES)
+    assert not result.narrowed
+
+
+def test_a_capwatts_the_nodes_already_accept_is_not_adjusted() -> None:
+    result = effective_range(_target((200, 600)), Placement(bound_nodes=frozenset({"h100-node"})), NODES)
+    assert (result.min_watts, result.max_watts) == (200, 600) and not result.narrowed
+    adjusted = _by_type(inv.conditions([result]))[inv.CAP_RANGE_ADJUSTED]
+    assert adjusted.status is ConditionStatus.FALSE and adjusted.reason == inv.REASON_WITHIN_NODE_LIMITS
+
+
+def test_an_empty_intersection_names_the_target_and_is_not_planned() -> None:
+    result = effective_range(_target((300, 400)), Placement(bound_nodes=frozenset({"a100-node"})), NODES)
+    assert result.empty
+    assert inv.cap_ranges([result]) == {}
+    message = inv.empty_range_message([result])
+    assert message is not None and "target decode" in message and "150-250 W" in message
+    adjusted = _by_type(inv.conditions([result]))[inv.CAP_RANGE_ADJUSTED]
+    assert adjusted.reason == inv.REASON_CAP_RANGE_EMPTY
+
+
+def test_before_any_pod_is_bound_the_gpu_nodes_matching_the_pending_pods_selector_count() -> None:
+    nodes = {
+        "a100-node": _node("a100-node", 150, 250, pool="a100"),
+        "h100-node": _node("h100-node", 200, 700, pool="h100"),
+        "cpu-node": _node("cpu-node", None, None, gpu=False, pool="h100"),
+    }
+    pending = Placement(pending_selectors=({"pool": "h100"},), pods=1)
+    result = effective_range(_target(None), pending, nodes)
+    assert (result.min_watts, result.max_watts, result.nodes, result.candidates) == (
+        200,
+        700,
+        ("h100-node",),
+        True,
+    )
+    no_pods = effective_range(_target(None), Placement(), nodes)
+    assert (no_pods.min_watts, no_pods.max_watts) == (200, 250)
+
+
+def test_nodes_without_labels_yet_are_named_and_the_spec_range_is_used() -> None:
+    nodes = {"new-node": _node("new-node", None, None)}
+    result = effective_range(_target(), Placement(bound_nodes=frozenset({"new-node"})), nodes)
+    assert (result.min_watts, result.max_watts, result.source) == (100, 700, RangeSource.CAP_WATTS)
+    known = _by_type(inv.conditions([result]))[inv.NODE_LIMITS_KNOWN]
+    assert known.status is ConditionStatus.FALSE and known.reason == inv.REASON_NODE_LABELS_MISSING
+    assert "new-node" in known.message
+    profile = effective_range(_target(None), Placement(bound_nodes=frozenset({"new-node"})), nodes)
+    assert (profile.min_watts, profile.max_watts, profile.source) == (180, 600, RangeSource.PROFILE)
+
+
+def test_a_node_the_index_has_not_seen_counts_as_unlabelled() -> None:
+    result = effective_range(_target(), Placement(bound_nodes=frozenset({"ghost", "a100-node"})), NODES)
+    assert (result.min_watts, result.max_watts) == (150, 250) and result.unlabelled == ("ghost",)
+
+
+def test_labels_that_do_not_parse_give_a_condition_naming_node_and_label_never_an_exception() -> None:
+    for bad in ("abc", "-5", "0150", "99999", " 150", "1.5e2"):
+        node = _node("odd-node", bad, 250)
+        assert node.error is not None and GPU_POWER_MIN_LABEL in node.error
+        result = effective_range(
+            _target(),
+            Placement(bound_nodes=frozenset({"odd-node", "h100-node"})),
+            {
+                "odd-node": node,
+                "h100-node": H100,
+            },
+        )
+        assert (result.min_watts, result.max_watts) == (200, 700)
+        known = _by_type(inv.conditions([result]))[inv.NODE_LIMITS_KNOWN]
+        assert known.reason == inv.REASON_NODE_LABELS_INVALID
+        assert "odd-node" in known.message and repr(bad) in known.message
+    half = node_info("half-node", {GPU_POWER_MAX_LABEL: "250"})
+    assert half.error is not None and GPU_POWER_MIN_LABEL in half.error
+
+
+def test_a_node_whose_gpus_share_no_cap_gives_an_empty_range() -> None:
+    nodes = {"odd": _node("odd", 300, 200)}
+    result = effective_range(_target(None), Placement(bound_nodes=frozenset({"odd"})), nodes)
+    assert result.empty
+
+
+def test_status_fields_carry_range_and_source() -> None:
+    result = effective_range(_target(), Placement(bound_nodes=frozenset({"a100-node"})), NODES)
+    assert inv.target_status(result) == {
+        "cap_range_min_watts": 150,
+        "cap_range_max_watts": 250,
+        "cap_range_source": "CapWattsAndNodes",
+    }
+
+
+def test_all_nodes_published_is_reported() -> None:
+    result = effective_range(_target(), Placement(bound_nodes=frozenset({"a100-node"})), NODES)
+    known = _by_type(inv.conditions([result]))[inv.NODE_LIMITS_KNOWN]
+    assert known.status is ConditionStatus.TRUE and known.reason == inv.REASON_NODES_PUBLISHED
