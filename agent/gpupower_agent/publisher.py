@@ -69,6 +69,8 @@ class InventoryPublisher:
                     len(patch["metadata"].get("labels", {})),
                     "annotations" in patch["metadata"],
                 )
+            elif self._published is None:
+                log.info("event=node_inventory_current node=%s %s", self._node_name, desired.summary)
         except (HttpError, ProtocolError, OSError, TimeoutError, ValueError, AttributeError) as error:
             text = str(error) or type(error).__name__
             self._metrics.api_errors_total.labels("nodes").inc()
