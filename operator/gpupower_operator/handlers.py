@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
 from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetStatus, InvalidSpecError, parse_spec
-from gpupower_api.selectors import parse_selector
+from gpupower_api.selectors import InvalidSelectorError, parse_selector
 from gpupower_operator import reconcile as rc
 from gpupower_operator.index import BudgetKey, PodIndex, SelectorIndex
 from gpupower_operator.kube import Cluster
@@ -111,6 +111,7 @@ class Runtime:
         metrics: OperatorMetrics,
         resync_seconds: float,
         clock: Callable[[], str] = utc_now,
+        max_concurrent_reconciles: int = 16,
     ) -> None:
         self.cluster = cluster
         self.metrics = metrics
@@ -122,6 +123,9 @@ class Runtime:
         self.wakeups: dict[BudgetKey, asyncio.Event] = {}
         self.locks: dict[BudgetKey, asyncio.Lock] = {}
         self.pods_synced = asyncio.Event()
+        # A bound on reconciles in flight: at startup every budget wants one at once, and a herd of
+        # half-done reconciles holds memory and makes each one slow.
+        self._gate = asyncio.Semaphore(max_concurrent_reconciles)
         # The status this operator last wrote per budget: the newest truth, since it is the only writer,
         # even when the watch delivers an older copy of the object afterwards.
         self.written: dict[BudgetKey, BudgetStatus] = {}
@@ -162,8 +166,21 @@ class Runtime:
         ):
             self.wake([key])
         if before is not None and _status_selectors(before) != _status_selectors(current):
-            # Another budget's selectors decide who owns shared pods: let the neighbours look again.
-            self.wake(self.selectors.budgets_in(key[0]) - {key})
+            # Selectors decide who owns shared pods: the budgets selecting the same pods look again.
+            self.wake(self._sharing_pods_with(key, _status_selectors(before) + _status_selectors(current)))
+
+    def _sharing_pods_with(self, key: BudgetKey, selectors: list[str]) -> set[BudgetKey]:
+        """Other budgets with a target selecting a pod that one of ``selectors`` selects."""
+        namespace = key[0]
+        keys: set[BudgetKey] = set()
+        for text in set(selectors):
+            try:
+                selector = parse_selector(text)
+            except InvalidSelectorError:
+                continue
+            for pod in self.pods.selected(namespace, selector):
+                keys |= self.selectors.budgets_for(namespace, pod.labels)
+        return keys - {key}
 
     def on_pod(self, namespace: str, name: str, raw: Mapping[str, Any] | None) -> None:
         """A pod appeared, changed or went away: update the index and wake the budgets it concerns."""
@@ -230,7 +247,7 @@ class Runtime:
                 del self.wakeups[key]
 
     async def reconcile(self, key: BudgetKey) -> rc.Outcome | None:
-        async with self._lock(key):
+        async with self._gate, self._lock(key):
             body = self.budgets.get(key)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return None

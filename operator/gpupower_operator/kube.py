@@ -42,6 +42,7 @@ async def load_configuration() -> client.Configuration:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         await config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = 32
     return configuration
 
 

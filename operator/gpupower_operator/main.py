@@ -44,6 +44,11 @@ def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.queueing.batch_window = 0.05
+    # kopf opens one connection per concurrent request; bound its concurrent workers so that
+    # a thousand budgets appearing at once do not mean a thousand TLS connections.
+    # A per-object worker holds its slot while idle: release it quickly.
+    settings.queueing.worker_limit = 32
+    settings.queueing.idle_timeout = 0.2
     return settings
 
 
