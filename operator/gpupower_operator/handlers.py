@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
 from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetStatus, InvalidSpecError, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
+from gpupower_operator import inventory
 from gpupower_operator import reconcile as rc
 from gpupower_operator.index import BudgetKey, PodIndex, SelectorIndex
 from gpupower_operator.kube import Cluster
@@ -43,6 +44,8 @@ log = logging.getLogger("gpupower_operator")
 
 BACKOFF_MIN_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 30.0
+# How long a reconcile waits for the first listing of the Nodes (it never comes without RBAC for them).
+NODE_SYNC_WAIT_SECONDS = 10.0
 
 
 def utc_now() -> str:
@@ -60,6 +63,8 @@ def pod_state(body: Mapping[str, Any]) -> rc.PodState:
         budget_annotation=annotations.get(BUDGET_ANNOTATION),
         phase=str((body.get("status") or {}).get("phase") or "Pending"),
         deleting=metadata.get("deletionTimestamp") is not None,
+        node_name=(body.get("spec") or {}).get("nodeName") or None,
+        node_selector=dict((body.get("spec") or {}).get("nodeSelector") or {}),
     )
 
 
@@ -123,6 +128,11 @@ class Runtime:
         self.wakeups: dict[BudgetKey, asyncio.Event] = {}
         self.locks: dict[BudgetKey, asyncio.Lock] = {}
         self.pods_synced = asyncio.Event()
+        # Nodes' GPU power limits (inventory labels), and which budgets planned with which nodes.
+        self.nodes: dict[str, inventory.NodeInfo] = {}
+        self.nodes_synced = asyncio.Event()
+        self.node_users: dict[BudgetKey, frozenset[str]] = {}
+        self.any_gpu_node_users: set[BudgetKey] = set()
         # A bound on reconciles in flight: at startup every budget wants one at once, and a herd of
         # half-done reconciles holds memory and makes each one slow.
         self._gate = asyncio.Semaphore(max_concurrent_reconciles)
@@ -148,6 +158,8 @@ class Runtime:
             self.budgets.pop(key, None)
             self.written.pop(key, None)
             self.selectors.remove(key)
+            self.node_users.pop(key, None)
+            self.any_gpu_node_users.discard(key)
             self.metrics.forget(*key)
             self.metrics.budgets.set(len(self.budgets))
             self.wake(self.selectors.budgets_in(key[0]))
@@ -201,6 +213,44 @@ class Runtime:
                 keys.add((namespace, pod.budget_annotation))
         self.wake(keys)
 
+    def on_node(self, _: str, name: str, raw: Mapping[str, Any] | None) -> None:
+        """A Node appeared, changed or went away: wake the budgets whose cap ranges depend on it."""
+        before = self.nodes.get(name)
+        if raw is None:
+            self.nodes.pop(name, None)
+            after = None
+        else:
+            after = inventory.node_info(name, (raw.get("metadata") or {}).get("labels"))
+            if after == before:
+                return
+            self.nodes[name] = after
+        if after is not None and after.error is not None and (before is None or before.error != after.error):
+            log.warning("node labels invalid node=%s error=%s", name, after.error)
+        keys = {key for key, names in self.node_users.items() if name in names}
+        if (before is not None and before.gpu_node) or (after is not None and after.gpu_node):
+            keys |= self.any_gpu_node_users
+        self.wake(keys)
+
+    def _placements(
+        self, namespace: str, workloads: Mapping[str, rc.WorkloadState | rc.WorkloadMissing]
+    ) -> dict[str, inventory.Placement]:
+        """Where each target's pods are: bound nodes, and the nodeSelectors of those still pending."""
+        placements: dict[str, inventory.Placement] = {}
+        for target, workload in workloads.items():
+            if not isinstance(workload, rc.WorkloadState):
+                continue
+            try:
+                selector = parse_selector(workload.selector)
+            except InvalidSelectorError:
+                continue
+            pods = [pod for pod in self.pods.selected(namespace, selector) if pod.active]
+            placements[target] = inventory.Placement(
+                bound_nodes=frozenset(pod.node_name for pod in pods if pod.node_name),
+                pending_selectors=tuple(pod.node_selector for pod in pods if not pod.node_name),
+                pods=len(pods),
+            )
+        return placements
+
     # -- the worker --------------------------------------------------------
 
     async def budget_worker(self, namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
@@ -216,6 +266,10 @@ class Runtime:
             synced = asyncio.ensure_future(self.pods_synced.wait())
             await asyncio.wait({synced, stopping}, return_when=FIRST_COMPLETED)
             synced.cancel()
+            # Nor on cap ranges from a half-read node list (bounded: without RBAC for Nodes it never comes).
+            nodes = asyncio.ensure_future(self.nodes_synced.wait())
+            await asyncio.wait({nodes, stopping}, timeout=NODE_SYNC_WAIT_SECONDS, return_when=FIRST_COMPLETED)
+            nodes.cancel()
             while True:
                 waking = asyncio.ensure_future(wakeup.wait())
                 await asyncio.wait({waking, stopping}, timeout=delay_seconds, return_when=FIRST_COMPLETED)
@@ -287,8 +341,24 @@ class Runtime:
         if self.selectors.set(key, resolved):
             log.info("selectors budget=%s/%s selectors=%s", namespace, name, ";".join(resolved))
 
+        placements = self._placements(namespace, workloads)
+        ranges = [
+            inventory.effective_range(t, placements.get(t.name, inventory.Placement()), self.nodes)
+            for t in spec.targets
+        ]
+        self.node_users[key] = frozenset(name for r in ranges for name in r.considered)
+        if any(r.candidates for r in ranges):
+            self.any_gpu_node_users.add(key)
+        else:
+            self.any_gpu_node_users.discard(key)
+        empty = inventory.empty_range_message(ranges)
+        if empty is not None:
+            log.warning("cap range empty budget=%s/%s message=%s", namespace, name, empty)
+            return rc.reconcile_plan_failed(
+                ref, old_status, empty, now, inventory.REASON_CAP_RANGE_EMPTY, inventory.conditions(ranges)
+            )
         try:
-            the_plan = plan(problem_from_spec(spec))
+            the_plan = plan(problem_from_spec(spec, cap_ranges=inventory.cap_ranges(ranges)))
         except (ValueError, ArithmeticError) as error:
             log.warning("plan failed budget=%s/%s error=%s", namespace, name, error)
             self.metrics.errors.labels("plan_failed").inc()
@@ -328,6 +398,7 @@ class Runtime:
             workloads=workloads,
             pods=list(pods.values()),
             others=others,
+            cap_ranges=ranges,
         )
         return rc.reconcile(observed, the_plan, now)
 

@@ -18,7 +18,7 @@ from gpupower_operator import handlers
 from gpupower_operator.config import ConfigError, OperatorConfig, parse_config
 from gpupower_operator.kube import KubeCluster, connection_info, load_configuration
 from gpupower_operator.metrics import OperatorMetrics, metrics_app
-from gpupower_operator.podwatch import PodWatch
+from gpupower_operator.podwatch import PodWatch, nodes_path
 
 log = logging.getLogger("gpupower_operator")
 
@@ -77,6 +77,10 @@ async def run(config: OperatorConfig) -> None:
     pod_watch = PodWatch(api, config.namespaces, runtime.on_pod)
     runtime.pods_synced = pod_watch.synced
     watching = asyncio.create_task(pod_watch.run(), name="pod-watch")
+    # The nodes' GPU power limits (labels the agents publish), for each target's effective cap range.
+    node_watch = PodWatch(api, [], runtime.on_node, path_of=nodes_path)
+    runtime.nodes_synced = node_watch.synced
+    watching_nodes = asyncio.create_task(node_watch.run(), name="node-watch")
     ready = asyncio.Event()
     app = metrics_app(metrics, ready.is_set)
     runner = web.AppRunner(app, access_log=None)
@@ -103,9 +107,10 @@ async def run(config: OperatorConfig) -> None:
             ready_flag=ready,
         )
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
+        for task in (watching, watching_nodes):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await runner.cleanup()
         await api.close()
         log.info("stopped")

@@ -39,11 +39,26 @@ def _pods_path(namespace: str | None) -> str:
     return f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
 
 
-class PodWatch:
-    """List and watch the pods of the given namespaces (all when empty)."""
+def nodes_path(_: str | None) -> str:
+    return "/api/v1/nodes"
 
-    def __init__(self, api: client.ApiClient, namespaces: Sequence[str], on_pod: PodEventFn) -> None:
+
+class PodWatch:
+    """List and watch the pods of the given namespaces (all when empty).
+
+    With ``path_of=nodes_path`` the same machinery lists and watches the Nodes
+    (cluster-scoped: one scope, ``namespace`` is None in the callback).
+    """
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespaces: Sequence[str],
+        on_pod: PodEventFn,
+        path_of: Callable[[str | None], str] = _pods_path,
+    ) -> None:
         self._api = api
+        self._path_of = path_of
         self._scopes: list[str | None] = list(namespaces) or [None]
         self._on_pod = on_pod
         self._listed: set[str | None] = set()
@@ -73,14 +88,14 @@ class PodWatch:
             query: list[tuple[str, Any]] = [("limit", PAGE_SIZE)]
             if token:
                 query.append(("continue", token))
-            response = await self._request(_pods_path(scope), query, 60)
+            response = await self._request(self._path_of(scope), query, 60)
             async with response:
                 if response.status != 200:
                     raise ApiException(status=response.status, reason=await response.text())
                 page = json.loads(await response.read())
             for item in page.get("items") or []:
                 metadata = item.get("metadata") or {}
-                key = (str(metadata.get("namespace")), str(metadata.get("name")))
+                key = (str(metadata.get("namespace") or ""), str(metadata.get("name")))
                 seen.add(key)
                 self._on_pod(key[0], key[1], item)
             meta = page.get("metadata") or {}
@@ -103,7 +118,7 @@ class PodWatch:
             ("resourceVersion", version),
             ("timeoutSeconds", WATCH_SECONDS),
         ]
-        response = await self._request(_pods_path(scope), query, WATCH_SECONDS + 30)
+        response = await self._request(self._path_of(scope), query, WATCH_SECONDS + 30)
         known = self.known.setdefault(scope, set())
         async with response:
             if response.status == 410:
@@ -124,7 +139,7 @@ class PodWatch:
                 version = str(metadata.get("resourceVersion") or version)
                 if kind == "BOOKMARK":
                     continue
-                key = (str(metadata.get("namespace")), str(metadata.get("name")))
+                key = (str(metadata.get("namespace") or ""), str(metadata.get("name")))
                 if kind == "DELETED":
                     known.discard(key)
                     self._on_pod(key[0], key[1], None)
@@ -146,8 +161,8 @@ class PodWatch:
                 version = None
             except (ApiException, aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
                 log.warning(
-                    "pod watch interrupted scope=%s retry_in_seconds=%.1f error=%s",
-                    scope or "*",
+                    "watch interrupted path=%s retry_in_seconds=%.1f error=%s",
+                    self._path_of(scope),
                     backoff_seconds,
                     type(error).__name__,
                 )

@@ -36,6 +36,7 @@ from gpupower_api.contract import (
 from gpupower_api.models import BudgetSpec, BudgetStatus, InvalidSpecError, Mode, TargetStatus, WorkloadRef
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 from gpupower_operator import conditions as cond
+from gpupower_operator import inventory
 from gpupower_operator.planner import Plan
 from gpupower_operator.signals import Signals
 
@@ -56,6 +57,8 @@ class PodState:
     budget_annotation: str | None = None
     phase: str = "Pending"
     deleting: bool = False
+    node_name: str | None = None  # the node it is bound to; None while pending
+    node_selector: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -113,6 +116,7 @@ class Observed:
     pods: Sequence[PodState]
     others: Sequence[OtherBudget] = ()
     signals: Signals | None = None  # from Prometheus, when the budget reads it
+    cap_ranges: Sequence[inventory.EffectiveRange] = ()  # each target's range after its nodes' limits
 
 
 # ---------------------------------------------------------------------------
@@ -359,6 +363,11 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     signals = observed.signals
     if signals is not None:
         targets = [t.model_copy(update=signals.target_status(t.name)) for t in targets]
+    ranges = {r.target: r for r in observed.cap_ranges}
+    targets = [
+        t.model_copy(update=inventory.target_status(ranges[t.name])) if t.name in ranges else t
+        for t in targets
+    ]
 
     updates: list[cond.ConditionUpdate] = []
     missing = {name: w for name, w in observed.workloads.items() if isinstance(w, WorkloadMissing)} | {
@@ -456,7 +465,11 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         observed_generation=budget.generation,
         conditions=cond.merge_conditions(
             old.conditions if old else [],
-            [*updates, *([signals.condition] if signals is not None and signals.condition else [])],
+            [
+                *updates,
+                *([signals.condition] if signals is not None and signals.condition else []),
+                *(inventory.conditions(observed.cap_ranges) if observed.cap_ranges else []),
+            ],
             budget.generation,
             now,
         ),
@@ -519,15 +532,20 @@ def reconcile_invalid(
 
 
 def reconcile_plan_failed(
-    budget: BudgetRef, old_status: BudgetStatus | None, message: str, now: str
+    budget: BudgetRef,
+    old_status: BudgetStatus | None,
+    message: str,
+    now: str,
+    reason: str = cond.REASON_PLAN_FAILED,
+    also: Sequence[cond.ConditionUpdate] = (),
 ) -> Outcome:
-    """The planner refused the problem: Ready=False with its message; the last grants stay."""
-    ready = cond.false(cond.READY, cond.REASON_PLAN_FAILED, message)
+    """The planner refused the problem (or was given none): Ready=False with the message; grants stay."""
+    ready = cond.false(cond.READY, reason, message)
     base = old_status or BudgetStatus()
     status = base.model_copy(
         update={
             "observed_generation": budget.generation,
-            "conditions": cond.merge_conditions(base.conditions, [ready], budget.generation, now),
+            "conditions": cond.merge_conditions(base.conditions, [ready, *also], budget.generation, now),
         }
     )
     steps: tuple[tuple[Write, ...], ...] = (

@@ -102,6 +102,11 @@ def test_the_agent_writes_nothing_but_nodes_and_only_get_and_patch_them() -> Non
     assert inventory["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
 
 
+def test_the_operator_only_reads_nodes() -> None:
+    role = _cluster_role(render("manifests"), "gpupower-operator-node-inventory")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}]
+
+
 def test_namespace_restricted_overlay_keeps_cluster_roles_for_nodes_only() -> None:
     documents = render("manifests/overlays/namespace-restricted")
     cluster_roles = [d for d in documents if d["kind"] == "ClusterRole"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from gpupower_api.contract import GPU_POWER_DEFAULT_LABEL, GPU_POWER_MAX_LABEL, GPU_POWER_MIN_LABEL
-from gpupower_api.models import ConditionStatus, Target
+from gpupower_api.models import BudgetStatus, ConditionStatus, Target, TargetStatus, parse_spec
 from gpupower_operator import inventory as inv
+from gpupower_operator import reconcile as rc
 from gpupower_operator.inventory import NodeInfo, Placement, RangeSource, effective_range, node_info
+from gpupower_operator.planner import plan, problem_from_spec
 
 
 def _target(cap_watts: tuple[int, int] | None = (100, 700)) -> Target:
@@ -161,3 +163,82 @@ def test_all_nodes_published_is_reported() -> None:
     result = effective_range(_target(), Placement(bound_nodes=frozenset({"a100-node"})), NODES)
     known = _by_type(inv.conditions([result]))[inv.NODE_LIMITS_KNOWN]
     assert known.status is ConditionStatus.TRUE and known.reason == inv.REASON_NODES_PUBLISHED
+
+
+# ---------------------------------------------------------------------------
+# Into the status
+
+
+def _reconciled(cap_watts: tuple[int, int] | None, node: NodeInfo) -> Any:
+
+    target = _target(cap_watts).model_dump(by_alias=True, exclude_none=True)
+    target["demand"] = 100
+    spec = parse_spec({"totalWatts": 2000, "safeDefaultWatts": 150, "targets": [target]})
+    ranges = [
+        effective_range(spec.targets[0], Placement(bound_nodes=frozenset({node.name})), {node.name: node})
+    ]
+    the_plan = plan(problem_from_spec(spec, cap_ranges=inv.cap_ranges(ranges)))
+    observed = rc.Observed(
+        budget=rc.BudgetRef(name="llm", namespace="ns", created="2026-01-01T00:00:00Z", generation=1),
+        spec=spec,
+        old_status=None,
+        workloads={"decode": rc.WorkloadState(replicas=4, selector="app=decode")},
+        pods=[],
+        cap_ranges=ranges,
+    )
+    return rc.reconcile(observed, the_plan, "2026-01-01T00:00:00Z").status
+
+
+def test_the_status_shows_each_targets_range_its_source_and_the_condition() -> None:
+    status = _reconciled((100, 700), A100)
+    target = status.target("decode")
+    assert (target.cap_range_min_watts, target.cap_range_max_watts, target.cap_range_source) == (
+        150,
+        250,
+        "CapWattsAndNodes",
+    )
+    assert 150 <= target.cap_watts <= 250
+    adjusted = status.condition(inv.CAP_RANGE_ADJUSTED)
+    assert (
+        adjusted is not None and adjusted.status == ConditionStatus.TRUE and "a100-node" in adjusted.message
+    )
+    known = status.condition(inv.NODE_LIMITS_KNOWN)
+    assert known is not None and known.status == ConditionStatus.TRUE
+
+
+def test_the_status_of_a_target_without_capwatts_says_the_nodes() -> None:
+    target = _reconciled(None, H100).target("decode")
+    assert (target.cap_range_min_watts, target.cap_range_max_watts, target.cap_range_source) == (
+        200,
+        700,
+        "Nodes",
+    )
+
+
+def test_an_empty_range_keeps_the_last_grants_and_is_not_ready_naming_the_target() -> None:
+
+    result = effective_range(_target((300, 400)), Placement(bound_nodes=frozenset({"a100-node"})), NODES)
+    message = inv.empty_range_message([result])
+    assert message is not None
+    old = BudgetStatus(
+        targets=[
+            TargetStatus(
+                name="decode",
+                desired_replicas=1,
+                planned_replicas=1,
+                cap_watts=250,
+                projected_watts=250,
+                capacity=1,
+                served_fraction=1,
+            )
+        ]
+    )
+    ref = rc.BudgetRef(name="llm", namespace="ns", created="2026-01-01T00:00:00Z", generation=2)
+    outcome = rc.reconcile_plan_failed(
+        ref, old, message, "2026-01-01T00:00:00Z", inv.REASON_CAP_RANGE_EMPTY, inv.conditions([result])
+    )
+    ready = outcome.status.condition("Ready")
+    assert ready is not None and ready.status == ConditionStatus.FALSE
+    assert ready.reason == inv.REASON_CAP_RANGE_EMPTY and "target decode" in ready.message
+    assert outcome.status.targets == old.targets  # the last grants stay
+    assert [type(w).__name__ for w in outcome.writes] == ["WriteStatus"]
