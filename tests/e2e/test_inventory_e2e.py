@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,8 @@ from gpupower_api.contract import (
     GPU_POWER_MIN_LABEL,
 )
 from tests.e2e.agentkit import AgentProcess, agent_kubeconfig, wait_seconds
-from tests.envtest import ControlPlane, unique_name, wait_for
+from tests.e2e.operator_harness import OperatorProcess
+from tests.envtest import REPO, ControlPlane, unique_name, wait_for
 
 pytestmark = pytest.mark.envtest
 
@@ -167,3 +169,172 @@ def _allocate_bound_pods(control_plane: ControlPlane, namespace: str, node: GpuN
         node.server.allocate(PodKey(namespace, name), [uuid])
         uuids.append(uuid)
     return uuids
+
+
+# ---------------------------------------------------------------------------
+# The operator plans within them
+
+
+@pytest.fixture(scope="module")
+def operator(
+    fleet: Fleet, crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    if not crd_installed.has_controllers:
+        pytest.skip("the control-plane binaries have no kube-controller-manager (standard envtest download)")
+    crd_installed.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
+    directory = tmp_path_factory.mktemp("inventory-operator")
+    kubeconfig = crd_installed.service_account_kubeconfig("gpupower-system", "gpupower-operator", directory)
+    process = OperatorProcess(kubeconfig, directory / "operator.log", resync_seconds=2.0).start()
+    yield process
+    process.stop()
+    print(f"operator log: {process.log_path}\n{process.log_tail(40)}")
+
+
+@pytest.fixture
+def ns(crd_installed: ControlPlane, namespace: str, fleet: Fleet) -> Iterator[str]:
+    yield namespace
+    kubectl = crd_installed.kubectl
+    kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
+    kubectl("delete", "deployment", "--all", "-n", namespace, "--wait=false", check=False)
+    kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False)
+    for node in (fleet.a100, fleet.h100):
+        node.server.set_allocations({})
+
+
+def _deployment(name: str, namespace: str, replicas: int, pool: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeSelector": {POOL_LABEL: pool},
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "registry.invalid/inference-worker:1",
+                            "resources": {"limits": {"nvidia.com/gpu": 1}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _budget(
+    namespace: str,
+    replicas: int,
+    cap_watts: dict[str, int] | None,
+    points: list[tuple[int, float]],
+    demand: float,
+) -> dict[str, Any]:
+    target: dict[str, Any] = {
+        "name": "decode",
+        "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "decode"},
+        "minReplicas": replicas,
+        "maxReplicas": replicas,
+        "profile": {"points": [{"watts": w, "throughput": t} for w, t in points]},
+        "demand": demand,
+    }
+    if cap_watts is not None:
+        target["capWatts"] = cap_watts
+    return {
+        "apiVersion": "gpupower.dev/v1alpha1",
+        "kind": "GpuPowerBudget",
+        "metadata": {"name": "llm", "namespace": namespace},
+        "spec": {"totalWatts": 2000, "mode": "Enforce", "safeDefaultWatts": 150, "targets": [target]},
+    }
+
+
+def _status(control_plane: ControlPlane, namespace: str) -> dict[str, Any]:
+    return dict(control_plane.get_json("gpb", "llm", "-n", namespace).get("status") or {})
+
+
+def _run_on(control_plane: ControlPlane, namespace: str, node: GpuNode, replicas: int) -> list[str]:
+    """Wait until the scheduler bound the replicas to ``node``, then hand each its GPU as a kubelet would."""
+    wait_for(
+        lambda: (
+            len(
+                [
+                    p
+                    for p in control_plane.get_json("pods", "-n", namespace, "-l", "app=decode")["items"]
+                    if p["spec"].get("nodeName") == node.name
+                ]
+            )
+            == replicas
+        ),
+        timeout=30,
+        what=f"{replicas} pod(s) bound to {node.name}",
+    )
+    return _allocate_bound_pods(control_plane, namespace, node, "decode")
+
+
+def _applied_watts(node: GpuNode, uuids: list[str], expected_watts: float) -> int:
+    def total() -> int | None:
+        limits = node.agent.limits()
+        watts = sum(limits[uuid] for uuid in uuids)
+        return watts if watts == expected_watts else None
+
+    return int(
+        wait_for(
+            total, timeout=20, what=f"GPUs holding {expected_watts} W in all\n{node.agent.log()[-3000:]}"
+        )
+    )
+
+
+def test_capwatts_beyond_what_a100s_accept_is_planned_within_150_to_250_and_applied_as_planned(
+    crd_installed: ControlPlane, fleet: Fleet, operator: OperatorProcess, ns: str
+) -> None:
+    node = fleet.a100
+    _wait_labels(crd_installed, node, ("150", "250", "250"))
+    crd_installed.apply(_deployment("decode", ns, 2, node.pool))
+    uuids = _run_on(crd_installed, ns, node, 2)
+    # Little demand: without the node limits the plan would be 2 x 100 W, which A100s clamp up to 150 W.
+    crd_installed.apply(_budget(ns, 2, {"min": 100, "max": 700}, [(100, 1.0), (700, 5.0)], demand=2))
+
+    def planned() -> dict[str, Any] | None:
+        status = _status(crd_installed, ns)
+        targets = status.get("targets") or []
+        return status if targets and targets[0].get("capRangeSource") == "CapWattsAndNodes" else None
+
+    status = wait_for(planned, timeout=30, what=f"a plan within the nodes' range\n{operator.log_tail()}")
+    target = status["targets"][0]
+    assert (target["capRangeMinWatts"], target["capRangeMaxWatts"]) == (150, 250)
+    assert 150 <= target["capWatts"] <= 250
+    assert target["capWatts"] == 150  # the least power serving the demand that the GPUs can apply
+    adjusted = next(c for c in status["conditions"] if c["type"] == "CapRangeAdjusted")
+    assert adjusted["status"] == "True" and adjusted["reason"] == "NarrowedByNodes"
+    assert node.name in adjusted["message"] and "100-700 W" in adjusted["message"]
+    assert "150-250 W" in adjusted["message"]
+
+    applied = _applied_watts(node, uuids, status["plannedWatts"])
+    assert applied == status["plannedWatts"] == 2 * 150
+
+
+def test_a_budget_without_capwatts_takes_its_range_from_the_h100_node(
+    crd_installed: ControlPlane, fleet: Fleet, operator: OperatorProcess, ns: str
+) -> None:
+    node = fleet.h100
+    _wait_labels(crd_installed, node, ("200", "700", "700"))
+    crd_installed.apply(_deployment("decode", ns, 1, node.pool))
+    uuids = _run_on(crd_installed, ns, node, 1)
+    # The profile starts at 300 W; the H100 accepts 200 W, where the profile holds its first throughput.
+    crd_installed.apply(_budget(ns, 1, None, [(300, 10.0), (600, 20.0)], demand=5))
+
+    def planned() -> dict[str, Any] | None:
+        status = _status(crd_installed, ns)
+        targets = status.get("targets") or []
+        return status if targets and targets[0].get("capRangeSource") == "Nodes" else None
+
+    status = wait_for(planned, timeout=30, what=f"a plan within the node's range\n{operator.log_tail()}")
+    target = status["targets"][0]
+    assert (target["capRangeMinWatts"], target["capRangeMaxWatts"], target["capWatts"]) == (200, 700, 200)
+    known = next(c for c in status["conditions"] if c["type"] == "NodeLimitsKnown")
+    assert known["status"] == "True"
+    assert _applied_watts(node, uuids, status["plannedWatts"]) == status["plannedWatts"] == 200
