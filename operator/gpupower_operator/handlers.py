@@ -23,7 +23,7 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -169,7 +169,7 @@ class Runtime:
         self.budgets[key] = current
         self.metrics.budgets.set(len(self.budgets))
         if not self.selectors.known(key):
-            self.selectors.set(key, _status_selectors(current))
+            self.selectors.set_selectors(key, _status_selectors(current))
         before_meta = (before or {}).get("metadata") or {}
         if (
             before is None
@@ -338,7 +338,7 @@ class Runtime:
         )
         workloads = {target.name: state for target, state in zip(spec.targets, reads, strict=True)}
         resolved = [w.selector for w in workloads.values() if isinstance(w, rc.WorkloadState)]
-        if self.selectors.set(key, resolved):
+        if self.selectors.set_selectors(key, resolved):
             log.info("selectors budget=%s/%s selectors=%s", namespace, name, ";".join(resolved))
 
         placements = self._placements(namespace, workloads)
@@ -407,7 +407,12 @@ class Runtime:
         for step in outcome.steps:
             await asyncio.gather(*(self._write(key, body, write) for write in step))
         for event in outcome.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            kopf.event(
+                kopf.Body(cast(kopf.RawBody, body)),
+                type=event.type,
+                reason=event.reason,
+                message=event.message,
+            )
             log.info("event budget=%s/%s reason=%s message=%s", namespace, name, event.reason, event.message)
 
     async def _write(self, key: BudgetKey, body: dict[str, Any], write: rc.Write) -> None:
@@ -498,7 +503,7 @@ def register(
         id="reconcile",
         cancellation_backoff=2.0,
         cancellation_timeout=5.0,
-    )(runtime.budget_worker)
+    )(runtime.budget_worker)  # type: ignore[arg-type]  # kopf passes every kwarg by name
     kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="release-pods", backoff=1.0)(
-        runtime.on_budget_delete
+        runtime.on_budget_delete  # type: ignore[arg-type]
     )

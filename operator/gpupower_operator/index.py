@@ -106,7 +106,7 @@ class SelectorIndex:
     def selectors_of(self, budget: BudgetKey) -> tuple[str, ...]:
         return tuple(entry.text for entry in self._by_budget.get(budget, ()))
 
-    def set(self, budget: BudgetKey, selectors: Iterable[str]) -> bool:
+    def set_selectors(self, budget: BudgetKey, selectors: Iterable[str]) -> bool:
         """Replace the selectors of ``budget``; unparsable ones are skipped. True when they changed."""
         entries_list: list[_Entry] = []
         for text in selectors:

@@ -39,7 +39,7 @@ async def load_configuration() -> client.Configuration:
     """The API server and credentials the usual way: in-cluster, else ``KUBECONFIG`` / ``~/.kube/config``."""
     configuration = client.Configuration()
     try:
-        config.load_incluster_config(client_configuration=configuration)
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException:
         await config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = 32
@@ -48,9 +48,8 @@ async def load_configuration() -> client.Configuration:
 
 async def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
     """The same credentials for kopf's own watches and patches."""
-    header = configuration.get_api_key_with_prefix("BearerToken")
-    if asyncio.iscoroutine(header):
-        header = await header
+    maybe_header: Any = configuration.get_api_key_with_prefix("BearerToken")
+    header = await maybe_header if asyncio.iscoroutine(maybe_header) else maybe_header
     scheme, token = (None, None)
     if header:
         parts = str(header).split(" ", 1)

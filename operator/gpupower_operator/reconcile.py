@@ -33,7 +33,15 @@ from gpupower_api.contract import (
     POWER_LIMIT_ANNOTATION,
     format_power_limit,
 )
-from gpupower_api.models import BudgetSpec, BudgetStatus, InvalidSpecError, Mode, TargetStatus, WorkloadRef
+from gpupower_api.models import (
+    BudgetSpec,
+    BudgetStatus,
+    ConditionStatus,
+    InvalidSpecError,
+    Mode,
+    TargetStatus,
+    WorkloadRef,
+)
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 from gpupower_operator import conditions as cond
 from gpupower_operator import inventory
@@ -490,7 +498,7 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     if _plan_changed(old, targets):
         events.append(Event("Normal", "PlanChanged", _plan_summary(plan)))
     old_conflict = old.condition(cond.CONFLICT) if old else None
-    if contested and (old_conflict is None or old_conflict.status != cond.ConditionStatus.TRUE):
+    if contested and (old_conflict is None or old_conflict.status != ConditionStatus.TRUE):
         events.append(Event("Warning", "Conflict", updates[-1].message))
 
     if status_differs(old, status):

@@ -39,9 +39,9 @@ def test_pods_annotated_by_a_budget_are_found_without_a_scan_and_forgotten_when_
 
 def test_a_pod_event_finds_exactly_the_budgets_whose_selectors_match() -> None:
     index = SelectorIndex()
-    assert index.set(("ns", "one"), ["app=prefill,tier=gpu"])
-    assert index.set(("ns", "two"), ["app=decode", "!legacy"])
-    assert not index.set(("ns", "two"), ["app=decode", "!legacy"])
+    assert index.set_selectors(("ns", "one"), ["app=prefill,tier=gpu"])
+    assert index.set_selectors(("ns", "two"), ["app=decode", "!legacy"])
+    assert not index.set_selectors(("ns", "two"), ["app=decode", "!legacy"])
     assert index.budgets_for("ns", {"app": "prefill", "tier": "gpu"}) == {("ns", "one"), ("ns", "two")}
     assert index.budgets_for("ns", {"app": "prefill", "legacy": "yes"}) == set()
     assert index.budgets_for("elsewhere", {"app": "decode"}) == set()
@@ -52,6 +52,6 @@ def test_a_pod_event_finds_exactly_the_budgets_whose_selectors_match() -> None:
 
 def test_unparsable_or_empty_selectors_select_nothing() -> None:
     index = SelectorIndex()
-    index.set(("ns", "b"), ["app in (", ""])
+    index.set_selectors(("ns", "b"), ["app in (", ""])
     assert index.selectors_of(("ns", "b")) == ()
     assert index.budgets_for("ns", {"app": "x"}) == set()
