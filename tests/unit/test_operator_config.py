@@ -42,3 +42,10 @@ def test_environment_fills_in_and_flags_win() -> None:
 def test_bad_values_name_the_flag_or_variable(argv: list[str], env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         parse_config(argv, env)
+
+
+def test_the_program_exits_2_naming_the_bad_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    from gpupower_operator.main import main
+
+    assert main(["--metrics-port", "http"]) == 2
+    assert "--metrics-port" in capsys.readouterr().err
