@@ -48,8 +48,9 @@ def harness(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactor
         pytest.skip("the control-plane binaries have no kube-controller-manager (standard envtest download)")
     control_plane.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
     control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
-    for _ in range(2):
-        control_plane.add_node(unique_name("gpu-node"), gpus=64)
+    nodes = [unique_name("gpu-node") for _ in range(2)]
+    for node in nodes:
+        control_plane.add_node(node, gpus=64)
     directory = tmp_path_factory.mktemp("operator")
     proxy = ApiProxy(*upstream_of(control_plane.kubeconfig)).start()
     kubeconfig = proxied_kubeconfig(control_plane, SYSTEM_NAMESPACE, ACCOUNT, directory, proxy.url)
@@ -60,6 +61,7 @@ def harness(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactor
     finally:
         operator.stop()
         proxy.stop()
+        control_plane.kubectl("delete", "node", *nodes, "--wait=false", check=False)
         print(f"operator log: {operator.log_path}\n{operator.log_tail(40)}")
 
 
