@@ -39,6 +39,7 @@ from gpupower_operator.index import BudgetKey, PodIndex, SelectorIndex
 from gpupower_operator.kube import Cluster
 from gpupower_operator.metrics import OperatorMetrics
 from gpupower_operator.planner import plan, problem_from_spec
+from gpupower_operator.signals import SignalSource
 
 log = logging.getLogger("gpupower_operator")
 
@@ -117,6 +118,7 @@ class Runtime:
         resync_seconds: float,
         clock: Callable[[], str] = utc_now,
         max_concurrent_reconciles: int = 16,
+        signals: SignalSource | None = None,
     ) -> None:
         self.cluster = cluster
         self.metrics = metrics
@@ -139,6 +141,8 @@ class Runtime:
         # The status this operator last wrote per budget: the newest truth, since it is the only writer,
         # even when the watch delivers an older copy of the object afterwards.
         self.written: dict[BudgetKey, BudgetStatus] = {}
+        # Demand, observed power and corrections from Prometheus, for budgets that read it.
+        self.signals = signals
 
     def wake(self, keys: set[BudgetKey] | list[BudgetKey]) -> None:
         for key in keys:
@@ -357,8 +361,20 @@ class Runtime:
             return rc.reconcile_plan_failed(
                 ref, old_status, empty, now, inventory.REASON_CAP_RANGE_EMPTY, inventory.conditions(ranges)
             )
+        signals = (
+            await self.signals.signals(namespace, name, spec, old_status)
+            if self.signals is not None
+            else None
+        )
         try:
-            the_plan = plan(problem_from_spec(spec, cap_ranges=inventory.cap_ranges(ranges)))
+            the_plan = plan(
+                problem_from_spec(
+                    spec,
+                    cap_ranges=inventory.cap_ranges(ranges),
+                    demand=signals.demand() if signals is not None else None,
+                    corrections=signals.corrections() if signals is not None else None,
+                )
+            )
         except (ValueError, ArithmeticError) as error:
             log.warning("plan failed budget=%s/%s error=%s", namespace, name, error)
             self.metrics.errors.labels("plan_failed").inc()
@@ -399,6 +415,7 @@ class Runtime:
             pods=list(pods.values()),
             others=others,
             cap_ranges=ranges,
+            signals=signals,
         )
         return rc.reconcile(observed, the_plan, now)
 

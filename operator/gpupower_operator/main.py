@@ -19,6 +19,7 @@ from gpupower_operator.config import ConfigError, OperatorConfig, parse_config
 from gpupower_operator.kube import KubeCluster, connection_info, load_configuration
 from gpupower_operator.metrics import OperatorMetrics, metrics_app
 from gpupower_operator.podwatch import PodWatch, nodes_path
+from gpupower_operator.signals import SignalSource, kubernetes_secret_reader
 
 log = logging.getLogger("gpupower_operator")
 
@@ -67,7 +68,8 @@ async def run(config: OperatorConfig) -> None:
     configuration = await load_configuration()
     api = client.ApiClient(configuration)
     metrics = OperatorMetrics()
-    runtime = handlers.Runtime(KubeCluster(api), metrics, config.resync_seconds)
+    signal_source = SignalSource(config.prometheus_url, read_secret=kubernetes_secret_reader(api))
+    runtime = handlers.Runtime(KubeCluster(api), metrics, config.resync_seconds, signals=signal_source)
     registry = kopf.OperatorRegistry()
 
     async def login(**_: Any) -> kopf.ConnectionInfo:
