@@ -68,7 +68,11 @@ async def run(config: OperatorConfig) -> None:
     configuration = await load_configuration()
     api = client.ApiClient(configuration)
     metrics = OperatorMetrics()
-    signal_source = SignalSource(config.prometheus_url, read_secret=kubernetes_secret_reader(api))
+    signal_source = SignalSource(
+        config.prometheus_url,
+        read_secret=kubernetes_secret_reader(api),
+        count_failure=metrics.errors.labels("prometheus").inc,
+    )
     runtime = handlers.Runtime(KubeCluster(api), metrics, config.resync_seconds, signals=signal_source)
     registry = kopf.OperatorRegistry()
 

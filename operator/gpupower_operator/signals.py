@@ -429,8 +429,10 @@ class SignalSource:
         read_secret: SecretReader | None = None,
         reader_factory: ReaderFactory = PrometheusClient,
         clock: Callable[[], float] = time.monotonic,
+        count_failure: Callable[[], None] | None = None,
     ) -> None:
         self.default_url = default_url
+        self._count_failure = count_failure
         self._read_secret = read_secret
         self._reader_factory = reader_factory
         self._clock = clock
@@ -499,6 +501,8 @@ class SignalSource:
             if reader is None:
                 reader = self._readers[connection] = self._reader_factory(connection)
             reading = await asyncio.to_thread(read_budget, reader, spec, namespace)
+        if reading.error is not None and self._count_failure is not None:
+            self._count_failure()
         before = memory.last_signals.condition if memory.last_signals is not None else None
         memory, signals = advance(memory, spec, old_status, reading, now)
         self._memory[key] = memory

@@ -262,3 +262,18 @@ def test_demand_rises_at_once_and_falls_only_after_the_stabilization_window() ->
     assert planned == [20.0, 35.0, 35.0, 35.0, 15.0, 15.0, 14.0]
     _, immediate = advance(Memory(), spec(demandStabilizationSeconds=0), None, reading(3.0), 0.0)
     assert immediate.targets["decode"].demand == 3.0
+
+
+async def test_failed_reads_are_counted() -> None:
+    failures: list[int] = []
+    now = [0.0]
+    source = signals.SignalSource(
+        default_url="http://127.0.0.1:9",
+        reader_factory=lambda _: FakeMetrics(failure="cannot reach http://127.0.0.1:9"),
+        clock=lambda: now[0],
+        count_failure=lambda: failures.append(1),
+    )
+    for second in (0.0, 60.0):
+        now[0] = second
+        await source.signals("serving", "b", spec(), None)
+    assert len(failures) == 2
