@@ -164,6 +164,8 @@ class Runtime:
             self.selectors.remove(key)
             self.node_users.pop(key, None)
             self.any_gpu_node_users.discard(key)
+            if self.signals is not None:
+                self.signals.forget(*key)
             self.metrics.forget(*key)
             self.metrics.budgets.set(len(self.budgets))
             self.wake(self.selectors.budgets_in(key[0]))

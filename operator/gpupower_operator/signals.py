@@ -33,6 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -468,7 +469,7 @@ class SignalSource:
             return await self._read_secret(namespace, name, key)
         except SecretError:
             raise
-        except (KeyError, LookupError, OSError, ValueError) as error:
+        except (LookupError, OSError, ValueError, aiohttp.ClientError) as error:
             raise SecretError(f"secret {namespace}/{name} key {key}: {error}") from None
 
     async def signals(
