@@ -355,12 +355,19 @@ class ConditionStatus(StrEnum):
 class Condition(ApiModel):
     """A standard Kubernetes condition."""
 
-    type: str
-    status: ConditionStatus
-    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = ""
-    observed_generation: int | None = None
-    last_transition_time: str | None = None
+    type: str = Field(description="Ready, TargetsResolved, BudgetBinding, Infeasible, Conflict, ...")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="One CamelCase word a program can branch on.",
+    )
+    message: str = Field(default="", description="What happened and what to do, for people.")
+    observed_generation: int | None = Field(
+        default=None, description="The budget's generation the condition was computed for."
+    )
+    last_transition_time: str | None = Field(
+        default=None, description="When the status last changed (RFC 3339)."
+    )
 
 
 class TargetStatus(ApiModel):
@@ -368,18 +375,20 @@ class TargetStatus(ApiModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
-    name: str
+    name: str = Field(description="The target's name in the spec.")
     selector: str | None = Field(default=None, description="Label selector of the workload's pods.")
-    current_replicas: int | None = None
+    current_replicas: int | None = Field(default=None, description="Replicas the workload's /scale reports.")
     desired_replicas: int = Field(description="Replicas demand alone asks for at the max cap.")
-    planned_replicas: int
+    planned_replicas: int = Field(description="Replicas of the plan.")
     cap_watts: int = Field(description="Planned per-GPU cap in watts.")
     projected_watts: float = Field(description="Planned power of the target in watts.")
     capacity: float = Field(description="Planned throughput in the profile's unit.")
-    demand: float | None = None
-    served_fraction: float
-    pods_annotated: int = 0
-    observed_watts: float | None = None
+    demand: float | None = Field(default=None, description="Demand planned for, in the profile's unit.")
+    served_fraction: float = Field(description="Capacity / demand, at most 1 (1 without demand).")
+    pods_annotated: int = Field(default=0, description="Pods of the target that carry the planned cap.")
+    observed_watts: float | None = Field(
+        default=None, description="Power the target's GPUs draw (DCGM through Prometheus), in watts."
+    )
     demand_source: str | None = Field(
         default=None, description="Where the demand came from: Prometheus, LastGood, Static, Status or None."
     )
@@ -417,17 +426,21 @@ class BudgetStatus(ApiModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    strategy: str | None = None
-    budget_watts: int | None = None
-    planned_watts: float | None = None
-    observed_watts: float | None = None
-    utilization: float | None = None
-    served_fraction: float | None = None
+    observed_generation: int | None = Field(default=None, description="The generation this status plans.")
+    conditions: list[Condition] = Field(default_factory=list, description="Standard Kubernetes conditions.")
+    strategy: str | None = Field(default=None, description="The strategy the plan was made with.")
+    budget_watts: int | None = Field(default=None, description="The budget planned for, in watts.")
+    planned_watts: float | None = Field(default=None, description="Power of the plan, in watts.")
+    observed_watts: float | None = Field(
+        default=None, description="Power the targets' GPUs draw (DCGM through Prometheus), in watts."
+    )
+    utilization: float | None = Field(default=None, description="Planned watts / budget watts.")
+    served_fraction: float | None = Field(
+        default=None, description="Share of demand the plan serves: the least served target's."
+    )
     replicas: str | None = Field(default=None, description="Planned/desired replicas over all targets.")
-    reason: str | None = None
-    targets: list[TargetStatus] = Field(default_factory=list)
+    reason: str | None = Field(default=None, description="One line saying why the plan is what it is.")
+    targets: list[TargetStatus] = Field(default_factory=list, description="The plan per target.")
 
     def target(self, name: str) -> TargetStatus | None:
         return next((t for t in self.targets if t.name == name), None)

@@ -60,6 +60,8 @@ def _default(info: FieldInfo) -> str:
         value = value.value
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if value == "":
+        return '`""`'
     return f"`{value}`"
 
 
