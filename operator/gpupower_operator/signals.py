@@ -113,7 +113,7 @@ class Signals:
     corrections_applied: tuple[str, ...] = ()
 
     def demand(self) -> dict[str, float | None]:
-        """The planner's ``demand`` override: Prometheus-fed targets only."""
+        """The planner's ``demand`` override (static demands included, unchanged)."""
         return {name: t.demand for name, t in self.targets.items() if t.demand_source != DemandSource.NONE}
 
     def corrections(self) -> dict[str, tuple[float, float]]:
@@ -286,7 +286,8 @@ def advance(
         elif promql.uses_prometheus(target):
             demand, source = _fallback(target, replace(memory, last_good_demand=last_good), old_status)
         else:
-            demand, source = target.demand, DemandSource.NONE
+            demand = target.demand
+            source = DemandSource.STATIC if demand is not None else DemandSource.NONE
         no_signal = next(
             (
                 value.reason

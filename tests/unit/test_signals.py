@@ -84,7 +84,8 @@ def test_fresh_demand_is_used_and_remembered() -> None:
     memory, result = advance(Memory(), spec(), None, reading(24.0), 0.0)
     assert result.targets["decode"].demand == 24.0
     assert result.targets["decode"].demand_source == DemandSource.PROMETHEUS
-    assert result.demand() == {"decode": 24.0}  # prefill keeps its static demand in the spec
+    assert result.demand() == {"decode": 24.0, "prefill": 3}
+    assert result.targets["prefill"].demand_source == DemandSource.STATIC
     assert memory.last_good_demand == {"decode": 24.0}
     assert result.condition is not None and result.condition.status == ConditionStatus.TRUE
 
