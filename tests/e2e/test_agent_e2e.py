@@ -484,6 +484,9 @@ def test_a_namespace_restricted_agent_needs_only_a_role_and_ignores_other_namesp
         agent.wait_limit(0, 450)
         assert agent.limit(1) == H100_DEFAULT_WATTS
         assert agent.metric_value("gpupower_agent_api_errors_total", resource="pods") is None
+        # Without the node role it cannot publish its node's inventory: said once, and capping goes on.
+        assert agent.log().count("event=node_inventory_failed") == 1 and "403" in agent.log()
+        assert (agent.metric_value("gpupower_agent_api_errors_total", resource="nodes") or 0) >= 1
     finally:
         if agent.running():
             agent.stop()
