@@ -184,7 +184,8 @@ def operator(
     crd_installed.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
     directory = tmp_path_factory.mktemp("inventory-operator")
     kubeconfig = crd_installed.service_account_kubeconfig("gpupower-system", "gpupower-operator", directory)
-    process = OperatorProcess(kubeconfig, directory / "operator.log", resync_seconds=2.0).start()
+    # A long resync: every re-plan below must come from a watch event (pods, budgets, node labels).
+    process = OperatorProcess(kubeconfig, directory / "operator.log", resync_seconds=60.0).start()
     yield process
     process.stop()
     print(f"operator log: {process.log_path}\n{process.log_tail(40)}")
@@ -315,6 +316,19 @@ def test_capwatts_beyond_what_a100s_accept_is_planned_within_150_to_250_and_appl
 
     applied = _applied_watts(node, uuids, status["plannedWatts"])
     assert applied == status["plannedWatts"] == 2 * 150
+
+    # The node's labels change (as after a GPU swap): the budget is re-planned at once, no resync needed.
+    crd_installed.kubectl("label", "node", node.name, "--overwrite", f"{GPU_POWER_MIN_LABEL}=200")
+    try:
+        status = wait_for(
+            lambda: (s := _status(crd_installed, ns))["targets"][0]["capRangeMinWatts"] == 200 and s,
+            timeout=15,
+            what=f"a re-plan after the node's labels changed\n{operator.log_tail()}",
+        )
+        assert status["targets"][0]["capWatts"] == 200
+        assert _applied_watts(node, uuids, status["plannedWatts"]) == status["plannedWatts"] == 2 * 200
+    finally:
+        crd_installed.kubectl("label", "node", node.name, "--overwrite", f"{GPU_POWER_MIN_LABEL}=150")
 
 
 def test_a_budget_without_capwatts_takes_its_range_from_the_h100_node(
