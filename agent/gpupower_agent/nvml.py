@@ -7,6 +7,7 @@ restart or crash; tests and the demo read that file to see what the hardware hol
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -357,8 +358,15 @@ class RealNvml:
         pynvml = self._nvml
         try:
             count = pynvml.nvmlDeviceGetCount()
-        except pynvml.NVMLError as error:
-            raise NvmlError(_error_kind(error.value), "scan", None, str(error)) from error
+        except pynvml.NVMLError:
+            # NVML itself stopped answering (a driver reload): initialise it again, once per scan.
+            try:
+                with contextlib.suppress(pynvml.NVMLError):
+                    pynvml.nvmlShutdown()
+                pynvml.nvmlInit()
+                count = pynvml.nvmlDeviceGetCount()
+            except pynvml.NVMLError as error:
+                raise NvmlError(_error_kind(error.value), "scan", None, str(error)) from error
         handles: dict[str, Any] = {}
         gpus: list[Gpu] = []
         for index in range(count):
