@@ -6,20 +6,25 @@ plain words.
 
 Optimize is exact on the cap grid. The objective is separable: a plan serves a
 fraction ``s`` when every target serves at least ``s``, and each target's
-cheapest way to serve at least ``s`` does not depend on the others. So, per
-target, the planner keeps the *frontier* of (replicas, cap) pairs: sorted by
-(watts, GPUs, cap), each pair that serves strictly more than every cheaper one.
-The best ``s`` is the largest frontier value whose cheapest pairs fit the budget
-together (feasibility falls as ``s`` rises, so a binary search finds it); each
-target then takes its cheapest pair serving at least ``s``, which is the
-lexicographic optimum (most served, then least watts, then fewest GPUs, then
-lowest cap).
+cheapest way to serve at least ``s`` does not depend on the others. For a
+threshold ``s``, a target's cheapest pair (least watts, then fewest GPUs, then
+lowest cap) is found cap by cap: with a given cap the fewest replicas reaching
+``s`` are the cheapest, and caps are tried most efficient first so that bounds
+end the scan after a few (:func:`_cheapest_pair`). Whether the cheapest pairs
+fit the budget together only falls as ``s`` rises, so a search over ``s``
+(:func:`_best_picks`) finds the largest served fraction that fits, ending when
+no float lies between a fraction that fits and one that does not. Each target
+then keeps its cheapest pair for that fraction, which is the lexicographic
+optimum (most served, then least watts, then fewest GPUs, then lowest cap).
+Nothing is listed or sorted per (replicas, cap) pair, so a fleet seen for the
+first time is planned almost as fast as a known one.
 
 Every comparison is exact: power is counted in integer milliwatts
 (:func:`target_milliwatts`), and a pair's capacity and served fraction are each
-computed by one expression (:func:`replica_throughput`, :func:`served_fraction`)
-wherever they are needed, so :func:`optimize` and the exhaustive
-:func:`brute_force` agree to the last bit.
+computed by one expression (:func:`replica_throughput`, which
+:func:`_throughputs_on_grid` repeats operation for operation, and
+:func:`served_fraction`) wherever they are needed, so :func:`optimize` and the
+exhaustive :func:`brute_force` agree to the last bit.
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
-from itertools import product, repeat
-from operator import add, mod, mul
+from itertools import accumulate, compress, islice, pairwise, product, repeat
+from operator import add, gt, mul, sub, truediv
 
 from gpupower_api.models import BudgetSpec, Strategy
 
@@ -261,9 +266,34 @@ def throughput_at(profile: Sequence[ProfilePoint], watts: float) -> float:
     if watts >= profile[-1].watts:
         return profile[-1].throughput
     index = bisect_right([p.watts for p in profile], watts)
-    low, high = profile[index - 1], profile[index]
+    return _between(profile[index - 1], profile[index], watts)
+
+
+def _between(low: ProfilePoint, high: ProfilePoint, watts: float) -> float:
+    # The one expression for throughput between two profile points.
     share = (watts - low.watts) / (high.watts - low.watts)
     return low.throughput + share * (high.throughput - low.throughput)
+
+
+def _throughputs_on_grid(profile: Sequence[ProfilePoint], grid: Sequence[int]) -> list[float]:
+    """:func:`throughput_at` at every cap of an ascending grid, a segment at a time.
+
+    The arithmetic is :func:`_between`'s, the same operations in the same order,
+    so every value is bit-for-bit what :func:`throughput_at` returns.
+    """
+    first, last = profile[0], profile[-1]
+    start = bisect_right(grid, first.watts)  # caps at or below the first point
+    end = max(start, bisect_left(grid, last.watts))  # caps from the last point on
+    values = [first.throughput] * start
+    for low, high in pairwise(profile):
+        # Caps with low.watts <= cap < high.watts, as bisect_right picks the segment.
+        inside = grid[max(start, bisect_left(grid, low.watts)) : min(end, bisect_left(grid, high.watts))]
+        shares = map(truediv, map(sub, inside, repeat(low.watts)), repeat(high.watts - low.watts))
+        values.extend(
+            map(add, repeat(low.throughput), map(mul, shares, repeat(high.throughput - low.throughput)))
+        )
+    values.extend(repeat(last.throughput, len(grid) - end))
+    return values
 
 
 def cap_grid(cap_min_watts: int, cap_max_watts: int, step_watts: int) -> tuple[int, ...]:
@@ -455,116 +485,257 @@ def _floor_fits(problem: Problem) -> bool:
 
 
 @dataclass(frozen=True)
-class _Frontier:
-    """A target's pairs worth choosing, cheapest first, each serving more than the one before.
+class _CapTable:
+    """What one replica of a target's shape delivers at the caps worth choosing.
 
-    ``replicas[k]`` replicas at ``caps[k]`` deliver ``capacities[k]`` for
-    ``milliwatts[k]``; both rise strictly with ``k``, and no pair outside the
-    frontier delivers as much for as little (milliwatts, then GPUs, then cap).
+    ``caps`` are the grid caps that deliver more than every lower cap (a cap that
+    delivers no more than a lower one is never the cheaper way to serve anything),
+    ``rates`` what one replica delivers at each (rising strictly, computed as
+    :func:`replica_throughput` does). ``by_efficiency`` lists the caps that deliver
+    anything, fewest watts per unit of throughput first, with that ratio in
+    ``watts_per_rate``.
     """
 
-    capacities: tuple[float, ...]
-    milliwatts: tuple[int, ...]
-    replicas: tuple[int, ...]
     caps: tuple[int, ...]
+    rates: tuple[float, ...]
+    by_efficiency: tuple[int, ...]
+    watts_per_rate: tuple[float, ...]
+
+
+def _cap_table(target: TargetProblem, step_watts: int) -> _CapTable:
+    """The target's cap table; it depends on neither demand nor budget, so it is memoized."""
+    return _memoized_cap_table(
+        target.profile, target.cap_min_watts, target.cap_max_watts, step_watts, target.throughput_factor
+    )
 
 
 @lru_cache(maxsize=512)
-def _capacity_frontier(shape: TargetProblem, step_watts: int) -> _Frontier:
-    """The frontier of a target's shape (its name and demand blanked, so changes of demand reuse it)."""
-    grid = cap_grid(shape.cap_min_watts, shape.cap_max_watts, step_watts)
-    per_replica = [replica_throughput(shape, cap) for cap in grid]
-    # Within one replica count a higher cap costs more, so only caps that add capacity count.
-    useful = [0] + [k for k in range(1, len(grid)) if per_replica[k] > per_replica[k - 1]]
-    caps = [grid[k] for k in useful]
-    rates = [per_replica[k] for k in useful]
-    width = len(caps)
-    rows = range(shape.min_replicas, shape.max_replicas + 1)
-    span = len(rows) * width
-    g = shape.gpus_per_replica
-    pf = shape.power_factor
-    # Pair (r, k) sits at index (r - min_replicas) * width + k of the flat lists.
-    capacity: list[float] = []
-    for r in rows:
-        capacity.extend(map(mul, repeat(r), rates))  # r * rate, as everywhere else
-    if shape.max_replicas * g * caps[-1] * 1000 * max(pf, 1.0) < 2**50:
-        # Power is round(r*g*c * 1000 * pf); with pf >= 0.01 and values this small it rises
-        # strictly with the integer r*g*c, so that integer orders pairs by power exactly.
-        # One integer key per pair, r*g*c * span + index, sorts by (power, replicas, cap)
-        # far faster than tuples or a key function.
-        slopes = [g * c * span + width for c in caps]
-        offsets = [k - shape.min_replicas * width for k in range(width)]
-        keys: list[int] = []
-        for r in rows:
-            keys.extend(map(add, map(mul, repeat(r), slopes), offsets))
-        keys.sort()
-        order = list(map(mod, keys, repeat(span)))
-    else:
-        power = [_milliwatts(r * g * c, pf) for r in rows for c in caps]
-        # Stable: equal power stays in (replicas, cap) order, i.e. fewer GPUs, then lower cap.
-        order = sorted(range(span), key=power.__getitem__)
-    top = capacity[-1]  # max replicas at the highest useful cap: nothing delivers more
-    chosen: list[int] = []
-    best = -1.0
-    for index in order:
-        value = capacity[index]
-        if value > best:
-            best = value
-            chosen.append(index)
-            if value >= top:
-                break
-    replicas = [shape.min_replicas + i // width for i in chosen]
-    chosen_caps = [caps[i % width] for i in chosen]
-    return _Frontier(
-        capacities=tuple(capacity[i] for i in chosen),
-        milliwatts=tuple(_milliwatts(r * g * c, pf) for r, c in zip(replicas, chosen_caps, strict=True)),
-        replicas=tuple(replicas),
-        caps=tuple(chosen_caps),
+def _memoized_cap_table(
+    profile: tuple[ProfilePoint, ...],
+    cap_min_watts: int,
+    cap_max_watts: int,
+    step_watts: int,
+    throughput_factor: float,
+) -> _CapTable:
+    grid = cap_grid(cap_min_watts, cap_max_watts, step_watts)
+    # throughput * factor: replica_throughput's expression.
+    on_grid = list(map(mul, _throughputs_on_grid(profile, grid), repeat(throughput_factor)))
+    # Keep a cap only if it delivers more than every lower one.
+    above_all_below = map(gt, islice(on_grid, 1, None), accumulate(on_grid, max))
+    useful = [0, *compress(range(1, len(grid)), above_all_below)]
+    caps = list(map(grid.__getitem__, useful))
+    rates = list(map(on_grid.__getitem__, useful))
+    first = 1 if rates[0] == 0 else 0  # rates rise strictly, so only the first can be zero
+    ratios = list(map(truediv, caps[first:], rates[first:]))
+    order = sorted(range(len(ratios)), key=ratios.__getitem__)
+    return _CapTable(
+        caps=tuple(caps),
+        rates=tuple(rates),
+        by_efficiency=tuple(map(add, order, repeat(first))),
+        watts_per_rate=tuple(map(ratios.__getitem__, order)),
     )
-
-
-def _strictly_rising(items: Sequence[int], values: Sequence[float]) -> list[int]:
-    """The items whose value exceeds every value before it."""
-    chosen: list[int] = []
-    best = -math.inf
-    for item, value in zip(items, values, strict=True):
-        if value > best:
-            best = value
-            chosen.append(item)
-    return chosen
 
 
 def clear_cache() -> None:
-    """Forget the memoized frontiers (the speed benchmark uses it to time cold plans)."""
-    _capacity_frontier.cache_clear()
+    """Forget the memoized cap tables (the speed benchmark uses it to time cold plans)."""
+    _memoized_cap_table.cache_clear()
 
 
 @dataclass(frozen=True)
-class _ServedFrontier:
-    served: tuple[float, ...]
-    milliwatts: tuple[int, ...]
-    replicas: tuple[int, ...]
-    caps: tuple[int, ...]
+class _Pick:
+    """A target's pair: ``replicas`` at ``cap_watts``, costing ``milliwatts`` and serving ``served``."""
+
+    milliwatts: int
+    replicas: int
+    cap_watts: int
+    served: float
 
 
-def _served_frontier(target: TargetProblem, step_watts: int) -> _ServedFrontier:
-    """The capacity frontier seen through this target's demand (served fraction strictly rising)."""
-    frontier = _capacity_frontier(replace(target, name="", demand=None), step_watts)
-    demand = target.demand
-    values = [served_fraction(c, demand) for c in frontier.capacities]
-    if demand:
-        # Past full service nothing serves more: keep the frontier up to its first 1.0.
-        end = bisect_left(values, 1.0) + 1
-        values = values[:end]
-    else:
-        values = values[:1]
-    keep = _strictly_rising(range(len(values)), values)
-    return _ServedFrontier(
-        served=tuple(values[k] for k in keep),
-        milliwatts=tuple(frontier.milliwatts[k] for k in keep),
-        replicas=tuple(frontier.replicas[k] for k in keep),
-        caps=tuple(frontier.caps[k] for k in keep),
+def _floor_pick(target: TargetProblem, table: _CapTable) -> _Pick:
+    """Minimum replicas at the minimum cap: the cheapest pair, so the pick for every threshold it serves."""
+    replicas = target.min_replicas
+    return _Pick(
+        milliwatts=target_milliwatts(target, replicas, table.caps[0]),
+        replicas=replicas,
+        cap_watts=table.caps[0],
+        served=served_fraction(replicas * table.rates[0], target.demand),
     )
+
+
+def _fewest_replicas(rate: float, demand: float, threshold: float, lowest: int, highest: int) -> int | None:
+    """The fewest replicas in ``lowest..highest`` delivering ``rate`` each that serve ``threshold``, if any.
+
+    For a threshold of at most 1, ``r * rate / demand >= threshold`` is exactly
+    :func:`served_fraction`'s verdict; the quotient below only gives a start, the
+    loops settle the answer with that test.
+    """
+    guess = threshold * demand / rate
+    replicas = highest if guess >= highest else max(lowest, math.ceil(guess))
+    if replicas * rate / demand >= threshold:
+        while replicas > lowest and (replicas - 1) * rate / demand >= threshold:
+            replicas -= 1
+        return replicas
+    while replicas < highest:
+        replicas += 1
+        if replicas * rate / demand >= threshold:
+            return replicas
+    return None
+
+
+# Lower bounds computed in floats are shrunk by this much to stay below the exact value.
+# That holds while rounding errs relatively (about 1e-16), i.e. far from the float
+# range's ends: below _BOUNDS_FROM the bounds are not used (slower, still exact).
+_BOUND_MARGIN = 1 - 1e-9
+_BOUNDS_FROM = 1e-200
+
+
+def _cheapest_pair(target: TargetProblem, table: _CapTable, threshold: float) -> _Pick | None:
+    """The least power, then fewest replicas, then lowest cap serving at least ``threshold`` (0 < it <= 1).
+
+    With a given cap the fewest replicas reaching the threshold are the cheapest,
+    so one pair per cap competes. A cap needs at least ``threshold x demand /
+    rate`` replicas; that bound, computed in floats and shrunk by a margin far
+    larger than their error, skips the exact test for caps out of reach or too
+    costly. Caps are tried most efficient first, so once the bound times the cap
+    exceeds the best power so far, no later cap can win or tie.
+    """
+    demand = target.demand
+    if not demand:
+        return None  # unreachable: a target without demand serves 1 at its floor and is never raised
+    lowest = max(target.min_replicas, 1)  # zero replicas serve nothing
+    highest = target.max_replicas
+    caps, rates = table.caps, table.rates
+    ordered = _power_follows_replica_watts(target, caps[-1])
+    need = threshold * demand
+    bounded = min(threshold, need) >= _BOUNDS_FROM
+    best_power = best_replicas = best_cap = best_k = -1  # -1: none yet
+    for k, watts_per_rate in zip(table.by_efficiency, table.watts_per_rate, strict=True):
+        cap = caps[k]
+        rate = rates[k]
+        if bounded:
+            if ordered and best_power >= 0 and watts_per_rate * need * _BOUND_MARGIN > best_power:
+                break
+            at_least = need / rate * _BOUND_MARGIN
+            if at_least > highest:
+                continue
+            fewest = max(lowest, math.ceil(at_least))
+            if ordered and best_power >= 0 and (fewest * cap, fewest) >= (best_power, best_replicas):
+                continue  # at least as much power, and on a tie at least as many replicas
+        replicas = _fewest_replicas(rate, demand, threshold, lowest, highest)
+        if replicas is None:
+            continue
+        power = (
+            replicas * cap
+            if ordered
+            else _milliwatts(replicas * target.gpus_per_replica * cap, target.power_factor)
+        )
+        if best_power < 0 or (power, replicas, cap) < (best_power, best_replicas, best_cap):
+            best_power, best_replicas, best_cap, best_k = power, replicas, cap, k
+    if best_power < 0:
+        return None
+    return _Pick(
+        milliwatts=target_milliwatts(target, best_replicas, best_cap),
+        replicas=best_replicas,
+        cap_watts=best_cap,
+        served=served_fraction(best_replicas * rates[best_k], demand),
+    )
+
+
+def _power_follows_replica_watts(target: TargetProblem, top_cap_watts: int) -> bool:
+    """Whether the target's power rises strictly with replicas x cap, so that this integer orders pairs.
+
+    Power is round(r*g*c * 1000 * pf); with pf >= 0.01 and values this small it
+    rises strictly with the integer r*g*c, and g is fixed per target.
+    """
+    top = target.max_replicas * target.gpus_per_replica * top_cap_watts * 1000
+    return top * max(target.power_factor, 1.0) < 2**50
+
+
+def _raised(
+    targets: Sequence[TargetProblem], tables: Sequence[_CapTable], picks: Sequence[_Pick], threshold: float
+) -> list[_Pick] | None:
+    """Each target's cheapest pair serving ``threshold``, from picks for a lower one; None if out of reach.
+
+    A pick that already serves the threshold stays: the cheapest pair for a lower
+    threshold that also serves a higher one is the cheapest for the higher one.
+    """
+    raised = []
+    for target, table, pick in zip(targets, tables, picks, strict=True):
+        if pick.served < threshold:
+            better = _cheapest_pair(target, table, threshold)
+            if better is None:
+                return None
+            pick = better
+        raised.append(pick)
+    return raised
+
+
+def _best_picks(targets: Sequence[TargetProblem], tables: Sequence[_CapTable], budget: int) -> list[_Pick]:
+    """The picks of the largest served fraction whose cheapest pairs fit ``budget`` (milliwatts).
+
+    The floor fits (the caller checked). ``low`` is a served fraction known to fit,
+    always what its picks serve; ``high`` one known not to. A probe between them
+    that fits raises ``low`` to what its picks serve, one that does not lowers
+    ``high``; when no float lies between the two, ``low`` is the answer. Probes
+    are aimed where power, interpolated between the two ends, meets the budget
+    (with the Illinois rule against creeping up on one side), and a probe that
+    fits is followed by one just above it, which ends the search when the aim
+    was right.
+    """
+    picks = [_floor_pick(t, table) for t, table in zip(targets, tables, strict=True)]
+    low = min(p.served for p in picks)
+    low_cost: float = sum(p.milliwatts for p in picks)
+    # Nothing serves more than every target at max replicas and its best cap.
+    reach = min(
+        served_fraction(t.max_replicas * table.rates[-1], t.demand)
+        for t, table in zip(targets, tables, strict=True)
+    )
+    high = math.nextafter(reach, math.inf)
+    high_cost = math.inf  # not measured: aim with the slope below instead
+    # Power per unit of served fraction at the most efficient caps, for the first aim.
+    slope = sum(
+        t.demand * table.watts_per_rate[0] * t.gpus_per_replica * 1000 * t.power_factor
+        for t, table in zip(targets, tables, strict=True)
+        if t.demand and table.by_efficiency
+    )
+    confirm = False  # the last probe fitted: try just above it
+    last_fitted: bool | None = None  # how the last aimed probe ended
+    low_weight = high_weight = 1.0
+    while True:
+        after = math.nextafter(low, math.inf)
+        if after >= high:
+            return picks
+        if confirm:
+            probe = after
+        elif high_cost < math.inf:
+            below = (budget - low_cost) * low_weight
+            above = (high_cost - budget) * high_weight
+            probe = low + (high - low) * (below / (below + above))
+        elif slope > 0:
+            probe = low + (budget - low_cost) / slope
+        else:
+            probe = low + (high - low) / 2
+        if not after <= probe < high:
+            probe = after if probe < after else math.nextafter(high, -math.inf)
+        raised = _raised(targets, tables, picks, probe)
+        cost: float = math.inf if raised is None else sum(p.milliwatts for p in raised)
+        fitted = cost <= budget
+        if not confirm:
+            # Illinois: an end that stays put for two aims in a row weighs half as much.
+            if fitted == last_fitted:
+                if fitted:
+                    high_weight /= 2
+                else:
+                    low_weight /= 2
+            else:
+                low_weight = high_weight = 1.0
+            last_fitted = fitted
+        if raised is not None and fitted:
+            confirm = not confirm
+            picks, low, low_cost = raised, min(p.served for p in raised), cost
+        else:
+            confirm = False
+            high, high_cost = probe, cost
 
 
 def optimize(problem: Problem) -> Plan:
@@ -572,39 +743,10 @@ def optimize(problem: Problem) -> Plan:
     validate_problem(problem)
     if not _floor_fits(problem):
         return _assemble(problem, Strategy.OPTIMIZE, _floor_choices(problem))
-    frontiers = [_served_frontier(t, problem.cap_step_watts) for t in problem.targets]
-    candidates = sorted({value for f in frontiers for value in f.served})
-    budget = budget_milliwatts(problem.total_watts)
-
-    def cheapest(threshold: float) -> list[int] | None:
-        picks = []
-        for frontier in frontiers:
-            index = bisect_left(frontier.served, threshold)
-            if index == len(frontier.served):
-                return None
-            picks.append(index)
-        return picks
-
-    def feasible(threshold: float) -> bool:
-        picks = cheapest(threshold)
-        return (
-            picks is not None
-            and sum(f.milliwatts[k] for f, k in zip(frontiers, picks, strict=True)) <= budget
-        )
-
-    # candidates[0] is at most every target's cheapest pair, i.e. the floor, which fits.
-    low, high = 0, len(candidates) - 1
-    while low < high:
-        middle = (low + high + 1) // 2
-        if feasible(candidates[middle]):
-            low = middle
-        else:
-            high = middle - 1
-    picks = cheapest(candidates[low])
-    if picks is None:  # unreachable: candidates[0] is reached by the floor, which fits
-        raise RuntimeError(f"planner found no plan at served fraction {candidates[low]}")
-    choices = [(f.replicas[k], f.caps[k]) for f, k in zip(frontiers, picks, strict=True)]
-    return _assemble(problem, Strategy.OPTIMIZE, choices)
+    targets = problem.targets
+    tables = [_cap_table(t, problem.cap_step_watts) for t in targets]
+    picks = _best_picks(targets, tables, budget_milliwatts(problem.total_watts))
+    return _assemble(problem, Strategy.OPTIMIZE, [(p.replicas, p.cap_watts) for p in picks])
 
 
 # ---------------------------------------------------------------------------

@@ -15,8 +15,10 @@ from gpupower_operator.planner import (
     brute_force,
     budget_milliwatts,
     cap_grid,
+    clear_cache,
     desired_replicas,
     fits_budget,
+    floor_watts,
     optimize,
     plan,
     problem_from_spec,
@@ -525,3 +527,83 @@ def test_optimize_equals_brute_force_on_huge_values_beyond_the_integer_fast_path
     result = optimize(problem)
     assert result.feasible
     assert result == brute_force(problem)
+
+
+# Fleets whose shapes stress Optimize's search: each is planned at budgets from the
+# floor to everything, and at exactly the power of brute force's plan and 1 mW below it.
+EDGE_FLEETS: dict[str, tuple[TargetProblem, ...]] = {
+    "zero minimum replicas": (
+        target("a", max_replicas=6, demand=47.0),
+        target("b", max_replicas=4, gpus_per_replica=2, demand=20.0),
+    ),
+    "flat profile": (
+        target("a", max_replicas=6, profile=profile((100, 5.0), (400, 5.0)), demand=22.0),
+        target("b", max_replicas=5, demand=60.0),
+    ),
+    "flat stretch inside the cap range": (
+        target(
+            "a",
+            max_replicas=6,
+            cap_max_watts=500,
+            profile=profile((100, 4.0), (200, 8.0), (350, 8.0), (450, 11.0)),
+            demand=50.0,
+        ),
+        target("b", min_replicas=1, max_replicas=3, demand=25.0),
+    ),
+    "single-point profiles": (
+        target("a", max_replicas=7, profile=profile((250, 6.0)), demand=31.0),
+        target("b", min_replicas=2, max_replicas=5, profile=profile((50, 9.0)), demand=45.0),
+    ),
+    "no throughput at the lowest caps": (
+        target("a", min_replicas=1, max_replicas=6, profile=profile((150, 0.0), (400, 12.0)), demand=40.0),
+        target("b", max_replicas=4, profile=profile((300, 0.0)), demand=5.0),
+    ),
+    "no demand and zero demand beside demand": (
+        target("a", min_replicas=1, max_replicas=2, cap_max_watts=200, demand=None),
+        target("b", max_replicas=2, cap_max_watts=200, demand=0.0),
+        target("c", max_replicas=6, demand=33.0),
+    ),
+    "power and throughput corrections": (
+        target("a", max_replicas=6, demand=70.0, power_factor=0.85, throughput_factor=1.3),
+        target(
+            "b", max_replicas=5, gpus_per_replica=4, demand=40.0, power_factor=0.333, throughput_factor=0.7
+        ),
+    ),
+    "minimum cap equal to the maximum": (
+        target("a", max_replicas=8, cap_min_watts=250, cap_max_watts=250, demand=90.0),
+        target("b", min_replicas=1, max_replicas=6, demand=30.0),
+    ),
+    "demand beyond maxReplicas": (
+        target("a", max_replicas=3, demand=500.0),
+        target("b", max_replicas=5, demand=10.0),
+    ),
+    "power ties between more replicas and higher caps": (
+        target("a", max_replicas=8, profile=profile((100, 10.0), (400, 40.0)), demand=55.0),
+        target(
+            "b", max_replicas=8, gpus_per_replica=2, profile=profile((100, 10.0), (400, 40.0)), demand=35.0
+        ),
+    ),
+    "served fractions far below the range of the float bounds": (
+        target("a", max_replicas=6, demand=1e250),
+        target("b", max_replicas=4, demand=12.0),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_FLEETS))
+def test_optimize_equals_brute_force_on_edge_shapes_at_every_budget(name: str) -> None:
+    fleet = Problem(total_watts=1.0, targets=EDGE_FLEETS[name], cap_step_watts=50)
+    floor = floor_watts(fleet)
+    ceiling = sum(target_watts(t, t.max_replicas, t.cap_max_watts) for t in fleet.targets)
+    budgets = {max(1.0, floor + (ceiling - floor) * share / 8) for share in range(10)}
+    for total_watts in sorted(budgets):
+        problem = replace(fleet, total_watts=total_watts)
+        exact = brute_force(problem)
+        cases = [(problem, exact)]
+        for watts in (exact.watts, exact.watts - 0.001):
+            case = replace(problem, total_watts=max(1.0, watts))
+            cases.append((case, brute_force(case)))
+        for case, expected in cases:
+            clear_cache()
+            assert optimize(case) == expected, case.total_watts
+            assert optimize(case) == expected  # warm: memoized cap tables change nothing

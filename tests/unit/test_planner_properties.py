@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -21,9 +22,15 @@ from gpupower_operator.planner import (
     floor_watts,
     optimize,
     proportional,
+    replica_throughput,
+    served_fraction,
     target_milliwatts,
     target_watts,
+    throughput_at,
 )
+from gpupower_operator.planner import _cap_table as cap_table
+from gpupower_operator.planner import _cheapest_pair as cheapest_pair
+from gpupower_operator.planner import _throughputs_on_grid as throughputs_on_grid
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -63,10 +70,25 @@ def targets(draw: st.DrawFn, name: str, small: bool) -> TargetProblem:
 
 
 @st.composite
-def problems(draw: st.DrawFn, small: bool = True) -> Problem:
-    count = draw(st.integers(1, 3))
-    members = tuple(draw(targets(f"t{i}", small)) for i in range(count))
-    step = draw(st.sampled_from([50, 75, 100]) if small else st.sampled_from([5, 10, 25]))
+def medium_targets(draw: st.DrawFn, name: str) -> TargetProblem:
+    """Up to 13 caps and 9 replicas: enough for Optimize's bounds to skip caps, few enough for brute force."""
+    small = draw(targets(name, small=True))
+    low = small.min_replicas
+    return replace(
+        small,
+        max_replicas=low + draw(st.integers(0, 8)),
+        cap_max_watts=small.cap_min_watts + draw(st.sampled_from([0, 100, 200, 300])),
+    )
+
+
+@st.composite
+def problems(draw: st.DrawFn, small: bool = True, medium: bool = False) -> Problem:
+    if medium:
+        members = tuple(draw(medium_targets(f"t{i}")) for i in range(draw(st.integers(1, 2))))
+        step = 25
+    else:
+        members = tuple(draw(targets(f"t{i}", small)) for i in range(draw(st.integers(1, 3))))
+        step = draw(st.sampled_from([50, 75, 100]) if small else st.sampled_from([5, 10, 25]))
     floor = floor_watts(Problem(total_watts=1, targets=members))
     ceiling = sum(target_watts(t, t.max_replicas, t.cap_max_watts) for t in members)
     # Budgets from well below the floor to above everything, plus the boundaries themselves.
@@ -169,3 +191,64 @@ def test_optimize_is_deterministic_and_independent_of_target_order(problem: Prob
 def test_optimize_equals_brute_force_on_small_instances(problem: Problem) -> None:
     # The whole plan must match: served, watts, GPUs, every target's replicas and cap, the reason.
     assert optimize(problem) == brute_force(problem)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(medium=True))
+def test_optimize_equals_brute_force_on_medium_instances(problem: Problem) -> None:
+    clear_cache()
+    assert optimize(problem) == brute_force(problem)
+
+
+@SETTINGS
+@given(problems(small=True), st.sampled_from([0.0, -0.001, 0.001]))
+def test_optimize_equals_brute_force_with_the_budget_at_a_plans_exact_power(
+    problem: Problem, offset_watts: float
+) -> None:
+    # A budget equal to what a plan draws (or a milliwatt either side) is where ties are decided.
+    watts = brute_force(problem).watts + offset_watts
+    at_power = replace(problem, total_watts=max(1.0, watts))
+    assert optimize(at_power) == brute_force(at_power)
+
+
+@SETTINGS
+@given(profiles(), st.integers(10, 400), st.integers(0, 700), st.sampled_from([1, 5, 7, 25, 50, 100]))
+def test_throughputs_on_a_cap_grid_are_throughput_at_bit_for_bit(
+    profile: tuple[ProfilePoint, ...], cap_min: int, span: int, step: int
+) -> None:
+    grid = cap_grid(cap_min, cap_min + span, step)
+    assert throughputs_on_grid(profile, grid) == [throughput_at(profile, cap) for cap in grid]
+
+
+@SETTINGS
+@given(
+    targets("a", small=False).filter(lambda t: bool(t.demand)),
+    st.sampled_from([5, 10, 25]),
+    st.randoms(use_true_random=False),
+)
+def test_cheapest_pair_for_a_threshold_is_the_least_power_then_fewest_replicas_then_lowest_cap(
+    target: TargetProblem, step: int, random: object
+) -> None:
+    pairs = [
+        (
+            target_milliwatts(target, r, c),
+            r,
+            c,
+            served_fraction(r * replica_throughput(target, c), target.demand),
+        )
+        for r in range(target.min_replicas, target.max_replicas + 1)
+        for c in cap_grid(target.cap_min_watts, target.cap_max_watts, step)
+    ]
+    # Thresholds exactly at what some pair serves, and one float either side of it.
+    served = sorted({p[3] for p in pairs if p[3] > 0})
+    chosen = random.sample(served, min(len(served), 6))  # type: ignore[attr-defined]
+    thresholds = {t for v in chosen for t in (math.nextafter(v, 0), v, math.nextafter(v, 2)) if 0 < t <= 1}
+    table = cap_table(target, step)
+    for threshold in sorted(thresholds):
+        reaching = [p for p in pairs if p[3] >= threshold]
+        pick = cheapest_pair(target, table, threshold)
+        if not reaching:
+            assert pick is None
+            continue
+        assert pick is not None
+        assert (pick.milliwatts, pick.replicas, pick.cap_watts, pick.served) == min(reaching)
