@@ -100,6 +100,8 @@ async def run(seconds_per_step: float) -> None:
                             name="decode",
                             desired_replicas=decode.desired_replicas,
                             planned_replicas=decode.replicas,
+                            current_replicas=decode.replicas,
+                            pods_annotated=decode.replicas,
                             cap_watts=decode.cap_watts,
                             projected_watts=decode.watts,
                             capacity=decode.capacity,

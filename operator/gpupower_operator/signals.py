@@ -37,7 +37,7 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from gpupower_api.models import BudgetSpec, BudgetStatus, PrometheusSpec, Target
+from gpupower_api.models import BudgetSpec, BudgetStatus, PrometheusSpec, Target, TargetStatus
 from gpupower_operator import promql
 from gpupower_operator.conditions import ConditionUpdate, false, true
 from gpupower_operator.correction import (
@@ -188,9 +188,14 @@ def _latency_ratio(target: Target, reading: TargetReading) -> float | None:
 def _observation(
     target: Target, reading: TargetReading, old_status: BudgetStatus | None
 ) -> Observation | None:
-    """The check of one target against the plan in force (the one the old status holds)."""
+    """The check of one target against the plan in force (the one the old status holds).
+
+    None until that plan is enforced (every planned replica running and carrying
+    its cap): while replicas or caps are still moving, or in Advisory mode, what
+    the fleet draws and serves says nothing about the profile at the plan.
+    """
     planned = old_status.target(target.name) if old_status is not None else None
-    if planned is None:
+    if planned is None or not enforced(planned):
         return None
     profile = tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.points)
     predicted = planned.planned_replicas * throughput_at(profile, planned.cap_watts)
@@ -220,6 +225,14 @@ def recent_window(
     """
     kept = tuple((at, v) for at, v in window if now_seconds - at < stabilization_seconds)
     return (*kept, (now_seconds, value))
+
+
+def enforced(planned: TargetStatus) -> bool:
+    """Whether the fleet runs the target's plan: its replicas, each pod annotated with the planned cap."""
+    return (
+        planned.current_replicas == planned.planned_replicas
+        and planned.pods_annotated >= planned.planned_replicas
+    )
 
 
 def _status_demand(old_status: BudgetStatus | None, name: str) -> float | None:

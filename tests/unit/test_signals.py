@@ -9,6 +9,7 @@ import pytest
 from gpupower_api.models import BudgetSpec, BudgetStatus, ConditionStatus, TargetStatus, parse_spec
 from gpupower_operator import planner, promql, signals
 from gpupower_operator import reconcile as rc
+from gpupower_operator.correction import Factors
 from gpupower_operator.prometheus import FakeMetrics, NoSignal, PrometheusError, Series
 from gpupower_operator.signals import DemandSource, Memory, Reading, TargetReading, advance
 
@@ -53,6 +54,8 @@ def status_for(budget: BudgetSpec, demand: dict[str, float | None], sources: dic
                 name=t.name,
                 desired_replicas=t.desired_replicas,
                 planned_replicas=t.replicas,
+                current_replicas=t.replicas,  # enforced at once
+                pods_annotated=t.replicas,
                 cap_watts=t.cap_watts,
                 projected_watts=t.watts,
                 capacity=t.capacity,
@@ -278,3 +281,20 @@ async def test_failed_reads_are_counted() -> None:
         now[0] = second
         await source.signals("serving", "b", spec(), None)
     assert len(failures) == 2
+
+
+def test_no_correction_while_the_plan_is_not_yet_enforced() -> None:
+    budget = spec(driftChecks=1, replanIntervalSeconds=0)
+    old = status_for(budget, {"decode": 24.0}, {"decode": "Prometheus"})
+    decode = old.target("decode")
+    assert decode is not None
+    moving = old.model_copy(
+        update={"targets": [decode.model_copy(update={"pods_annotated": decode.planned_replicas - 1})]}
+    )
+    gpus = decode.planned_replicas
+    memory = Memory()
+    for second in range(5):
+        memory, result = advance(
+            memory, budget, moving, reading(24.0, 0.5 * decode.cap_watts * gpus, gpus), second
+        )
+    assert result.targets["decode"].factors == Factors()

@@ -121,6 +121,8 @@ class Loop:
                     name=t.name,
                     desired_replicas=t.desired_replicas,
                     planned_replicas=t.replicas,
+                    current_replicas=t.replicas,  # the simulated fleet enforces at once
+                    pods_annotated=t.replicas,
                     cap_watts=t.cap_watts,
                     projected_watts=t.watts,
                     capacity=t.capacity,
