@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import select
 import signal
@@ -35,13 +34,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 _PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Run in the child before exec: the kernel kills it if the test process dies (one syscall, no locks)."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# The agent is started through this launcher rather than a preexec_fn: with no preexec_fn, subprocess
+# spawns with vfork and no code runs between fork and exec. A preexec_fn means a real fork(), whose
+# gRPC fork handlers (the test's PodResources server runs gRPC threads) can abort the child before it
+# execs (grpc/grpc#43055). The launcher asks the kernel to kill it if the test process dies
+# (PR_SET_PDEATHSIG survives execve), then becomes the agent.
+_LAUNCHER = (
+    "import ctypes, os, sys; "
+    f"ctypes.CDLL('libc.so.6').prctl({_PR_SET_PDEATHSIG}, {int(signal.SIGKILL)}); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
 
 
 def agent_kubeconfig(control_plane: ControlPlane, directory: Path) -> Path:
@@ -100,6 +103,8 @@ class AgentProcess:
         self.log_path = self.workdir / f"agent-{runs}.log"
         args = [
             sys.executable,
+            "-c",
+            _LAUNCHER,
             "-m",
             "gpupower_agent",
             "--node-name",
@@ -129,9 +134,7 @@ class AgentProcess:
         env = source_env({"KUBECONFIG": str(self.kubeconfig)})
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-            )
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_for(self.healthz_status, timeout=30, what=f"agent metrics endpoint\n{self.log()}")
         return self
 
