@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpupower_agent.inventory import node_inventory
+from gpupower_agent.nvml import GPU_MODELS, Gpu
 from gpupower_api.contract import GPU_POWER_DEFAULT_LABEL, GPU_POWER_MAX_LABEL, GPU_POWER_MIN_LABEL
 from gpupower_api.models import BudgetStatus, ConditionStatus, Target, TargetStatus, parse_spec
 from gpupower_operator import inventory as inv
@@ -242,3 +244,14 @@ def test_an_empty_range_keeps_the_last_grants_and_is_not_ready_naming_the_target
     assert ready.reason == inv.REASON_CAP_RANGE_EMPTY and "target decode" in ready.message
     assert outcome.status.targets == old.targets  # the last grants stay
     assert [type(w).__name__ for w in outcome.writes] == ["WriteStatus"]
+
+
+def test_a_node_with_mixed_gpus_is_planned_within_what_every_one_of_them_accepts() -> None:
+    gpus = [
+        Gpu("GPU-0", 0, "h100-sxm", GPU_MODELS["h100-sxm"].constraints),
+        Gpu("GPU-1", 1, "a100-pcie", GPU_MODELS["a100-pcie"].constraints),
+    ]
+    published = {k: v for k, v in node_inventory(gpus).labels.items() if v is not None}
+    node = node_info("mixed", {"nvidia.com/gpu.present": "true", **published})
+    result = effective_range(_target(), Placement(bound_nodes=frozenset({"mixed"})), {"mixed": node})
+    assert (result.min_watts, result.max_watts) == (200, 250)
