@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ENVTEST_KIT ?= $(abspath ../shared/envtest)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install crds docs prometheus lint format envtest test test-unit test-cluster demo bench clean requirements images
+.PHONY: help install crds docs prometheus lint format envtest test test-unit test-cluster demo demo-prometheus bench clean requirements images
 
 help:
 	@echo "make demo   - install, then run the operator and agents on a local control plane with simulated GPUs"
@@ -74,6 +74,10 @@ test-cluster: install
 # The real operator and agents on a real local control plane with simulated GPU nodes.
 demo: install envtest
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) -m demo
+
+# A variant: the plan following a demand ramp read from a real Prometheus (Debian's package).
+demo-prometheus: install prometheus
+	$(PY) examples/prometheus_ramp.py
 
 # Pin the images' runtime dependencies (needs PyPI).
 requirements: $(STAMP)
