@@ -151,6 +151,8 @@ class Memory:
     corrections: CorrectionState = field(default_factory=CorrectionState)
     last_read_seconds: float | None = None
     last_signals: Signals | None = None
+    # Per target, the plan in force ((cap, replicas)) and when it was first seen enforced.
+    enforced_since: Mapping[str, tuple[tuple[int, int], float]] = field(default_factory=dict)
 
 
 def wants_prometheus(spec: BudgetSpec) -> bool:
@@ -185,17 +187,49 @@ def _latency_ratio(target: Target, reading: TargetReading) -> float | None:
     return max(ratios) if ratios else None
 
 
+DEFAULT_SETTLE_SECONDS = 60.0
+
+
+def settle_seconds(target: Target) -> float:
+    """How long a plan must have been enforced before the fleet's readings describe it.
+
+    A rate over a window still counts the previous plan until a whole window has
+    passed under the new one (and the power readings lag by a scrape), so a
+    preset's window; a ``demandQuery``, whose window is unknown, gets 60 s.
+    """
+    return float(target.preset.window_seconds) if target.preset is not None else DEFAULT_SETTLE_SECONDS
+
+
+def _enforced_since(
+    memory: Memory, spec: BudgetSpec, old_status: BudgetStatus | None, now_seconds: float
+) -> dict[str, tuple[tuple[int, int], float]]:
+    """Per target whose plan in force is enforced: that plan and since when (kept while it stays)."""
+    since: dict[str, tuple[tuple[int, int], float]] = {}
+    for target in spec.targets:
+        planned = old_status.target(target.name) if old_status is not None else None
+        if planned is None or not enforced(planned):
+            continue
+        key = (planned.cap_watts, planned.planned_replicas)
+        before = memory.enforced_since.get(target.name)
+        since[target.name] = before if before is not None and before[0] == key else (key, now_seconds)
+    return since
+
+
 def _observation(
-    target: Target, reading: TargetReading, old_status: BudgetStatus | None
+    target: Target,
+    reading: TargetReading,
+    old_status: BudgetStatus | None,
+    enforced_for_seconds: float | None,
 ) -> Observation | None:
     """The check of one target against the plan in force (the one the old status holds).
 
-    None until that plan is enforced (every planned replica running and carrying
-    its cap): while replicas or caps are still moving, or in Advisory mode, what
-    the fleet draws and serves says nothing about the profile at the plan.
+    None until that plan has been enforced (every planned replica running and
+    carrying its cap) for :func:`settle_seconds`: while replicas or caps are
+    still moving, just after they moved, or in Advisory mode, what the fleet
+    draws and serves says nothing about the profile at the plan.
     """
     planned = old_status.target(target.name) if old_status is not None else None
-    if planned is None or not enforced(planned):
+    if planned is None or enforced_for_seconds is None or enforced_for_seconds < settle_seconds(target):
         return None
     profile = tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.points)
     predicted = planned.planned_replicas * throughput_at(profile, planned.cap_watts)
@@ -271,9 +305,15 @@ def advance(
     recent = dict(memory.recent_demand)
     corrections = memory.corrections
     applied_now: tuple[str, ...] = ()
+    enforced_since = _enforced_since(memory, spec, old_status, now_seconds)
     if not failed:
         observations = {
-            t.name: _observation(t, reading.targets.get(t.name, TargetReading()), old_status)
+            t.name: _observation(
+                t,
+                reading.targets.get(t.name, TargetReading()),
+                old_status,
+                now_seconds - enforced_since[t.name][1] if t.name in enforced_since else None,
+            )
             for t in spec.targets
         }
         result = step(corrections, observations, now_seconds, correction_settings(prometheus))
@@ -357,6 +397,7 @@ def advance(
         corrections=corrections,
         last_read_seconds=now_seconds,
         last_signals=signals,
+        enforced_since=enforced_since,
     )
     return new_memory, signals
 

@@ -22,6 +22,7 @@ import yaml
 
 from gpupower_agent.nvml import fake_gpu_uuid
 from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
+from tests.children import tied_to_this_process
 from tests.envtest import REPO, ControlPlane, source_env, wait_for
 
 AGENT_RBAC = REPO / "manifests" / "agent" / "rbac.yaml"
@@ -32,19 +33,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-_PR_SET_PDEATHSIG = 1
-# The agent is started through this launcher rather than a preexec_fn: with no preexec_fn, subprocess
-# spawns with vfork and no code runs between fork and exec. A preexec_fn means a real fork(), whose
-# gRPC fork handlers (the test's PodResources server runs gRPC threads) can abort the child before it
-# execs (grpc/grpc#43055). The launcher asks the kernel to kill it if the test process dies
-# (PR_SET_PDEATHSIG survives execve), then becomes the agent.
-_LAUNCHER = (
-    "import ctypes, os, sys; "
-    f"ctypes.CDLL('libc.so.6').prctl({_PR_SET_PDEATHSIG}, {int(signal.SIGKILL)}); "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-)
 
 
 def agent_kubeconfig(control_plane: ControlPlane, directory: Path) -> Path:
@@ -103,8 +91,6 @@ class AgentProcess:
         self.log_path = self.workdir / f"agent-{runs}.log"
         args = [
             sys.executable,
-            "-c",
-            _LAUNCHER,
             "-m",
             "gpupower_agent",
             "--node-name",
@@ -134,7 +120,9 @@ class AgentProcess:
         env = source_env({"KUBECONFIG": str(self.kubeconfig)})
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(
+                tied_to_this_process(args), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
         wait_for(self.healthz_status, timeout=30, what=f"agent metrics endpoint\n{self.log()}")
         return self
 

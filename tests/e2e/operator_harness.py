@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
 import json
 import signal
 import socket
@@ -32,6 +31,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from tests.children import tied_to_this_process
 from tests.envtest import ControlPlane, source_env
 
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -204,11 +204,6 @@ def proxied_kubeconfig(
     return path
 
 
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the operator gets SIGTERM when the test process dies.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 class OperatorProcess:
     """``python -m gpupower_operator`` as a child of the test process."""
 
@@ -222,21 +217,23 @@ class OperatorProcess:
     def start(self, timeout_seconds: float = 30.0) -> OperatorProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gpupower_operator",
-                "--metrics-port",
-                str(self.metrics_port),
-                "--resync-seconds",
-                str(self.resync_seconds),
-                "--log-level",
-                "info",
-            ],
+            tied_to_this_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "gpupower_operator",
+                    "--metrics-port",
+                    str(self.metrics_port),
+                    "--resync-seconds",
+                    str(self.resync_seconds),
+                    "--log-level",
+                    "info",
+                ],
+                death_signal=signal.SIGTERM,
+            ),
             env=source_env({"KUBECONFIG": str(self.kubeconfig)}),
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout_seconds

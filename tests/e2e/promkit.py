@@ -14,11 +14,9 @@ process (``PR_SET_PDEATHSIG``) and is killed in the fixture's finalizer.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -39,6 +37,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.exposition import generate_latest
+
+from tests.children import tied_to_this_process
 
 SCRAPE_INTERVAL_SECONDS = 1
 # Latency buckets 10 % apart: a quantile read back is within 10 % of the latency set.
@@ -225,13 +225,6 @@ class SyntheticExporter:
             self._server = None
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the test process dies, however it dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 class PrometheusServer:
     """The real ``prometheus`` binary on 127.0.0.1, 1 s scrape and evaluation, temp storage."""
 
@@ -262,17 +255,18 @@ class PrometheusServer:
         assert binary is not None, "prometheus not installed (apt-get install prometheus)"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={self.config}",
-                    f"--storage.tsdb.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--storage.tsdb.retention.time=1h",
-                    "--log.level=warn",
-                ],
+                tied_to_this_process(
+                    [
+                        binary,
+                        f"--config.file={self.config}",
+                        f"--storage.tsdb.path={self.workdir / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{self.port}",
+                        "--storage.tsdb.retention.time=1h",
+                        "--log.level=warn",
+                    ]
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:

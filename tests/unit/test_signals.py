@@ -153,15 +153,41 @@ def test_power_below_cap_moves_the_applied_power_factor_after_drift_checks() -> 
     gpus = decode.planned_replicas
     memory = Memory()
     applied = []
-    for second in range(4):
+    settle = signals.settle_seconds(budget.targets[0])
+    assert settle == 5  # the preset's rate window
+    for second in range(int(settle) + 4):
         memory, result = advance(
             memory, budget, old, reading(24.0, 0.6 * decode.cap_watts * gpus, gpus), second
         )
         applied.append(result.targets["decode"].factors.power)
-    assert applied[0] == 1.0  # the first drifting check is not enough
+    # Readings within a rate window of the plan's start still describe the plan before it.
+    assert applied[: int(settle)] == [1.0] * int(settle)
+    assert applied[int(settle)] == 1.0  # the first drifting check is not enough
     assert applied[-1] < 0.9
     assert result.target_status("decode")["power_factor"] == round(applied[-1], 4)
     assert result.observed_watts == pytest.approx(0.6 * decode.cap_watts * gpus)
+
+
+def test_a_new_plan_must_settle_for_a_window_before_its_readings_correct_the_profile() -> None:
+    budget = spec(driftChecks=1, replanIntervalSeconds=0)
+    old = status_for(budget, {"decode": 24.0}, {"decode": "Prometheus"})
+    decode = old.target("decode")
+    assert decode is not None
+    gpus = decode.planned_replicas
+    low = reading(24.0, 0.5 * decode.cap_watts * gpus, gpus)
+    memory, _ = advance(Memory(), budget, old, low, 100.0)
+    memory, early = advance(memory, budget, old, low, 104.0)
+    assert early.targets["decode"].factors.power == 1.0
+    # The plan changes (a new cap): the clock starts again.
+    moved = old.model_copy(
+        update={"targets": [decode.model_copy(update={"cap_watts": decode.cap_watts - 5}), *old.targets[1:]]}
+    )
+    memory, after_change = advance(memory, budget, moved, low, 106.0)
+    assert after_change.targets["decode"].factors.power == 1.0
+    memory, still = advance(memory, budget, moved, low, 110.0)
+    assert still.targets["decode"].factors.power == 1.0
+    _, settled = advance(memory, budget, moved, low, 111.0)
+    assert settled.targets["decode"].factors.power < 1.0
 
 
 def test_read_budget_turns_a_failed_query_into_a_failed_reading() -> None:
