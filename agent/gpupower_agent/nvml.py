@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import uuid as uuid_module
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
+
+from gpupower_agent.atomicfile import write_json_atomically
 
 
 class NvmlErrorKind(StrEnum):
@@ -132,20 +132,6 @@ class _FakeGpuState:
     lost: bool = False
 
 
-def _write_json_atomically(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class FakeNvml:
     """N GPUs of one model in memory, with limits persisted to ``state_path`` and injectable errors.
 
@@ -245,7 +231,7 @@ class FakeNvml:
             if state.lost:
                 entry["lost"] = True
             gpus.append(entry)
-        _write_json_atomically(self._state_path, gpus)
+        write_json_atomically(self._state_path, gpus, indent=2)
         self._file_stamp = self._stamp()
 
     # -- error injection, for tests and the demo

@@ -9,11 +9,11 @@ treated as "no GPUs known", never a crash.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from gpupower_agent.atomicfile import write_json_atomically
 
 STATE_VERSION = 1
 
@@ -62,14 +62,4 @@ def load_state(path: Path) -> AgentState | None:
 def save_state(path: Path, node_name: str, managed_gpu_uuids: Iterable[str]) -> None:
     """Write the state atomically: a reader sees the old file or the new one, never half of one."""
     payload = {"version": STATE_VERSION, "nodeName": node_name, "managedGpus": sorted(managed_gpu_uuids)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomically(path, payload)
