@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -47,33 +46,12 @@ import aiohttp  # noqa: E402
 import psutil  # noqa: E402
 from kubernetes_asyncio import client, config  # noqa: E402
 
-from demo.controlplane import ControlPlane, kit_script, missing_prerequisite, source_env  # noqa: E402
+from demo.controlplane import ControlPlane, missing_prerequisite, running_control_plane, source_env  # noqa: E402
 from tests.e2e.operator_harness import free_port  # noqa: E402
+from tests.workloads import gpu_deployment  # noqa: E402
 
 _REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
-def start_api_server(directory: Path) -> ControlPlane:
-    out = subprocess.run(
-        [
-            str(kit_script()),
-            "start",
-            "--dir",
-            str(directory),
-            "--watch-pid",
-            str(os.getpid()),
-            "--no-controllers",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    exports = dict(
-        line.removeprefix("export ").split("=", 1) for line in out.splitlines() if line.startswith("export ")
-    )
-    return ControlPlane(run_dir=directory, kubeconfig=Path(exports["KUBECONFIG"]), has_controllers=False)
 
 
 def budget_doc(namespace: str, name: str, pods: int) -> dict[str, Any]:
@@ -101,22 +79,6 @@ def budget_doc(namespace: str, name: str, pods: int) -> dict[str, Any]:
                     "demand": pods * 13,
                 }
             ],
-        },
-    }
-
-
-def deployment_doc(namespace: str, name: str, replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "worker", "image": "registry.invalid/worker:1"}]},
-            },
         },
     }
 
@@ -166,7 +128,7 @@ async def create_fleet(kubeconfig: Path, budgets: int, pods: int, namespaces: in
         for index in range(budgets):
             ns = names[index % namespaces]
             app = f"llm-{index}"
-            jobs.append(create(f"/apis/apps/v1/namespaces/{ns}/deployments", deployment_doc(ns, app, pods)))
+            jobs.append(create(f"/apis/apps/v1/namespaces/{ns}/deployments", gpu_deployment(app, ns, pods)))
             for pod in range(pods):
                 jobs.append(create(f"/api/v1/namespaces/{ns}/pods", pod_doc(ns, app, pod)))
         await asyncio.gather(*jobs)
@@ -302,9 +264,9 @@ def main() -> int:
         print(problem, file=sys.stderr)
         return 2
 
-    with tempfile.TemporaryDirectory(prefix="gpupower-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gpupower-bench-") as tmp, contextlib.ExitStack() as stack:
         directory = Path(tmp)
-        plane = start_api_server(directory / "envtest")
+        plane = stack.enter_context(running_control_plane(directory / "envtest", controllers=False))
         operator: subprocess.Popen[bytes] | None = None
         try:
             plane.kubectl("apply", "-f", str(ROOT / "crds" / "gpupowerbudgets.yaml"))
@@ -389,7 +351,6 @@ def main() -> int:
                     operator.wait(15)
                 except subprocess.TimeoutExpired:
                     operator.kill()
-            subprocess.run([str(kit_script()), "stop", str(plane.run_dir)], check=False, capture_output=True)
 
     reconcile = histogram(operator_metrics, "gpupower_operator_reconcile_duration_seconds")
     delta = after - before

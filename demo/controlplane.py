@@ -136,16 +136,20 @@ class ControlPlane:
 
 
 @contextmanager
-def running_control_plane(run_dir: Path | None = None) -> Iterator[ControlPlane]:
-    """Start the kit's control plane, tied to this process (a crash leaks nothing), and stop it after."""
+def running_control_plane(run_dir: Path | None = None, controllers: bool = True) -> Iterator[ControlPlane]:
+    """Start the kit's control plane, tied to this process (a crash leaks nothing), and stop it after.
+
+    ``controllers=False`` starts the API server and etcd only (no pods appear for Deployments).
+    """
     problem = missing_prerequisite()
     if problem is not None:
         raise ControlPlaneUnavailable(problem)
     kit = kit_script()
     owned = run_dir is None
     directory = Path(tempfile.mkdtemp(prefix="gpupower-envtest-")) if run_dir is None else run_dir
+    flags = [] if controllers else ["--no-controllers"]
     out = subprocess.run(
-        [str(kit), "start", "--dir", str(directory), "--watch-pid", str(os.getpid())],
+        [str(kit), "start", "--dir", str(directory), "--watch-pid", str(os.getpid()), *flags],
         capture_output=True,
         text=True,
         check=True,

@@ -28,6 +28,7 @@ from gpupower_api.contract import (
 from tests.e2e.agentkit import AgentProcess, agent_kubeconfig, wait_seconds
 from tests.e2e.operator_harness import OperatorProcess
 from tests.envtest import REPO, ControlPlane, unique_name, wait_for
+from tests.workloads import gpu_deployment
 
 pytestmark = pytest.mark.envtest
 
@@ -202,32 +203,6 @@ def ns(crd_installed: ControlPlane, namespace: str, fleet: Fleet) -> Iterator[st
         node.server.set_allocations({})
 
 
-def _deployment(name: str, namespace: str, replicas: int, pool: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeSelector": {POOL_LABEL: pool},
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [
-                        {
-                            "name": "main",
-                            "image": "registry.invalid/inference-worker:1",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
-
-
 def _budget(
     namespace: str,
     replicas: int,
@@ -294,7 +269,7 @@ def test_capwatts_beyond_what_a100s_accept_is_planned_within_150_to_250_and_appl
 ) -> None:
     node = fleet.a100
     _wait_labels(crd_installed, node, ("150", "250", "250"))
-    crd_installed.apply(_deployment("decode", ns, 2, node.pool))
+    crd_installed.apply(gpu_deployment("decode", ns, 2, node_selector={POOL_LABEL: node.pool}))
     uuids = _run_on(crd_installed, ns, node, 2)
     # Little demand: without the node limits the plan would be 2 x 100 W, which A100s clamp up to 150 W.
     crd_installed.apply(_budget(ns, 2, {"min": 100, "max": 700}, [(100, 1.0), (700, 5.0)], demand=2))
@@ -336,7 +311,7 @@ def test_a_budget_without_capwatts_takes_its_range_from_the_h100_node(
 ) -> None:
     node = fleet.h100
     _wait_labels(crd_installed, node, ("200", "700", "700"))
-    crd_installed.apply(_deployment("decode", ns, 1, node.pool))
+    crd_installed.apply(gpu_deployment("decode", ns, 1, node_selector={POOL_LABEL: node.pool}))
     uuids = _run_on(crd_installed, ns, node, 1)
     # The profile starts at 300 W; the H100 accepts 200 W, where the profile holds its first throughput.
     crd_installed.apply(_budget(ns, 1, None, [(300, 10.0), (600, 20.0)], demand=5))

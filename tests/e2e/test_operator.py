@@ -27,6 +27,7 @@ from gpupower_operator.planner import Plan, plan, problem_from_spec
 from tests.e2e.operator_harness import ApiProxy, OperatorProcess, Recorded, proxied_kubeconfig, upstream_of
 from tests.envtest import REPO, ControlPlane, kubectl_binary, unique_name, wait_for
 from tests.fleet_power import FleetModel, walk_is_safe
+from tests.workloads import gpu_deployment
 
 pytestmark = [pytest.mark.envtest, pytest.mark.controllers]
 
@@ -79,31 +80,6 @@ def ns(harness: Harness, namespace: str) -> Iterator[str]:
 
 # ---------------------------------------------------------------------------
 # Objects and reading them
-
-
-def deployment(name: str, namespace: str, replicas: int, gpus: int = 1) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [
-                        {
-                            "name": "worker",
-                            "image": "registry.invalid/inference-worker:1",
-                            "resources": {"limits": {"nvidia.com/gpu": gpus}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
 
 
 def target(name: str, workload: str, demand: float, gpus: int = 1, max_replicas: int = 5) -> dict[str, Any]:
@@ -270,7 +246,7 @@ def test_a_budget_over_two_deployments_gets_its_plan_in_status_and_caps_on_every
     harness: Harness, ns: str, tmp_path: Path
 ) -> None:
     cp = harness.control_plane
-    cp.apply([deployment("prefill", ns, 2), deployment("decode", ns, 2, gpus=2)])
+    cp.apply([gpu_deployment("prefill", ns, 2), gpu_deployment("decode", ns, 2, gpus=2)])
     doc = budget(
         "llm",
         ns,
@@ -348,7 +324,7 @@ def test_lowering_the_budget_moves_caps_and_replicas_without_ever_exceeding_it(
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply([deployment("prefill", ns, 3), deployment("decode", ns, 3)])
+    cp.apply([gpu_deployment("prefill", ns, 3), gpu_deployment("decode", ns, 3)])
     targets = [target("prefill", "prefill", demand=60), target("decode", "decode", demand=50)]
     high = budget("llm", ns, 3200, targets)
     apps = {"prefill": "prefill", "decode": "decode"}
@@ -380,7 +356,7 @@ def test_lowering_the_budget_moves_caps_and_replicas_without_ever_exceeding_it(
 
 def test_a_replica_added_by_hand_gets_its_cap_within_a_second(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply(deployment("decode", ns, 2))
+    cp.apply(gpu_deployment("decode", ns, 2))
     doc = budget("llm", ns, 2000, [target("decode", "decode", demand=20)])
     cp.apply(doc)
     the_plan = expected_plan(doc)
@@ -438,7 +414,7 @@ def test_a_replica_added_by_hand_gets_its_cap_within_a_second(harness: Harness, 
 
 def test_advisory_writes_nothing_outside_the_budget_status(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply([deployment("prefill", ns, 1)])
+    cp.apply([gpu_deployment("prefill", ns, 1)])
     doc = budget("llm", ns, 700, [target("prefill", "prefill", demand=30)], mode="Advisory")
     the_plan = expected_plan(doc)
     assert the_plan.target("prefill").replicas != 1, (
@@ -478,7 +454,7 @@ def test_two_budgets_over_one_pod_the_older_owns_it_and_the_younger_reports_conf
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply(deployment("shared", ns, 2))
+    cp.apply(gpu_deployment("shared", ns, 2))
     first = budget("first", ns, 2000, [target("shared", "shared", demand=20)])
     cp.apply(first)
     wait_ready(cp, ns, "first")
@@ -504,7 +480,7 @@ def test_two_budgets_over_one_pod_the_older_owns_it_and_the_younger_reports_conf
 
 def test_deleting_a_budget_removes_its_annotations_and_leaves_replicas(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply(deployment("decode", ns, 1))
+    cp.apply(gpu_deployment("decode", ns, 1))
     doc = budget("llm", ns, 2000, [target("decode", "decode", demand=25)])
     cp.apply(doc)
     the_plan = expected_plan(doc)
@@ -523,7 +499,7 @@ def test_an_invalid_spec_that_slipped_past_the_schema_gives_ready_false_naming_t
     harness: Harness, ns: str, tmp_path: Path
 ) -> None:
     cp = harness.control_plane
-    cp.apply(deployment("decode", ns, 1))
+    cp.apply(gpu_deployment("decode", ns, 1))
     crd = cp.get_json("crd", "gpupowerbudgets.gpupower.dev")
     relaxed = copy.deepcopy(crd)
     for key in ("status", "metadata"):
@@ -569,7 +545,7 @@ def test_a_missing_workload_gives_targets_resolved_false_until_it_appears(harnes
     found = wait_for(unresolved, timeout=20, what="TargetsResolved=False")
     assert found["reason"] == "WorkloadNotFound"
     assert "ghost" in found["message"] and "target decode" in found["message"]
-    cp.apply(deployment("ghost", ns, 1))
+    cp.apply(gpu_deployment("ghost", ns, 1))
     wait_ready(cp, ns, "llm", timeout=30)
     assert condition(get_budget(cp, ns, "llm"), "TargetsResolved")["status"] == "True"  # type: ignore[index]
 
@@ -578,7 +554,7 @@ def test_injected_500s_and_409s_are_retried_until_the_plan_is_enforced_safely(
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply([deployment("prefill", ns, 3), deployment("decode", ns, 1)])
+    cp.apply([gpu_deployment("prefill", ns, 3), gpu_deployment("decode", ns, 1)])
     apps = {"prefill": "prefill", "decode": "decode"}
     doc = budget(
         "llm", ns, 1600, [target("prefill", "prefill", demand=30), target("decode", "decode", demand=40)]
@@ -620,7 +596,7 @@ def test_an_operator_killed_in_the_middle_of_a_reconcile_converges_after_restart
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply([deployment("prefill", ns, 3), deployment("decode", ns, 3)])
+    cp.apply([gpu_deployment("prefill", ns, 3), gpu_deployment("decode", ns, 3)])
     apps = {"prefill": "prefill", "decode": "decode"}
     high = budget(
         "llm", ns, 3200, [target("prefill", "prefill", demand=60), target("decode", "decode", demand=50)]

@@ -18,6 +18,7 @@ from gpupower_operator.planner import ProfilePoint, throughput_at
 from tests.e2e.operator_harness import OperatorProcess
 from tests.e2e.promkit import PodTraffic, PrometheusStack, close_to
 from tests.envtest import REPO, ControlPlane, unique_name, wait_for
+from tests.workloads import gpu_deployment
 
 pytestmark = [pytest.mark.envtest, pytest.mark.controllers, pytest.mark.prometheus]
 
@@ -106,31 +107,6 @@ class FleetSimulator:
             self._known = set(live)
 
 
-def deployment(namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "decode", "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "decode"}},
-            "template": {
-                "metadata": {"labels": {"app": "decode"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [
-                        {
-                            "name": "vllm",
-                            "image": "registry.invalid/vllm:1",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
-
-
 def budget(namespace: str, url: str, total_watts: int) -> dict[str, Any]:
     return {
         "apiVersion": "gpupower.dev/v1alpha1",
@@ -192,7 +168,7 @@ def test_operator_follows_demand_and_spends_the_watts_gpus_leave_unused(
     control_plane: ControlPlane, prometheus: PrometheusStack, ns: str
 ) -> None:
     cp = control_plane
-    cp.apply(deployment(ns))
+    cp.apply(gpu_deployment("decode", ns, 1, container="vllm"))
     cp.apply(budget(ns, prometheus.url, total_watts=2000))
     with FleetSimulator(cp, prometheus, ns) as fleet:
         fleet.load.demand = 12
@@ -255,7 +231,7 @@ def test_prometheus_down_keeps_the_last_plan_and_recovery_resumes(
     control_plane: ControlPlane, prometheus: PrometheusStack, ns: str
 ) -> None:
     cp = control_plane
-    cp.apply(deployment(ns))
+    cp.apply(gpu_deployment("decode", ns, 1, container="vllm"))
     cp.apply(budget(ns, prometheus.url, total_watts=4000))
     with FleetSimulator(cp, prometheus, ns) as fleet:
         fleet.load.demand = 18
