@@ -207,10 +207,13 @@ def proxied_kubeconfig(
 class OperatorProcess:
     """``python -m gpupower_operator`` as a child of the test process."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, resync_seconds: float = 2.0) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_path: Path, resync_seconds: float = 2.0, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.resync_seconds = resync_seconds
+        self.extra_args = extra_args
         self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -228,6 +231,7 @@ class OperatorProcess:
                     str(self.resync_seconds),
                     "--log-level",
                     "info",
+                    *self.extra_args,
                 ],
                 death_signal=signal.SIGTERM,
             ),
