@@ -46,7 +46,7 @@ from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selecto
 from gpupower_operator import conditions as cond
 from gpupower_operator import inventory
 from gpupower_operator.planner import Plan
-from gpupower_operator.signals import Signals
+from gpupower_operator.signals import METRICS_AVAILABLE, Signals
 
 MAX_NAMED_CONFLICTS = 3
 
@@ -469,10 +469,15 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     updates.insert(0, ready)
 
     old = observed.old_status
+    # A budget that no longer reads Prometheus loses its MetricsAvailable condition rather than keeping
+    # a stale one.
+    old_conditions = [
+        c for c in (old.conditions if old else []) if signals is not None or c.type != METRICS_AVAILABLE
+    ]
     status = BudgetStatus(
         observed_generation=budget.generation,
         conditions=cond.merge_conditions(
-            old.conditions if old else [],
+            old_conditions,
             [
                 *updates,
                 *([signals.condition] if signals is not None and signals.condition else []),

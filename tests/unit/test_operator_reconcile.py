@@ -98,6 +98,22 @@ def test_a_settled_budget_reconciles_to_no_writes_at_all() -> None:
     assert ready.last_transition_time == NOW
 
 
+def test_a_budget_that_stops_reading_prometheus_drops_its_metrics_condition() -> None:
+    spec = spec_dict()
+    status, replicas, pods = settled(spec)
+    stale = cond.merge_conditions(
+        status.conditions,
+        [cond.false("MetricsAvailable", "QueriesFailing", "3 consecutive reads failed")],
+        1,
+        NOW,
+    )
+    old = status.model_copy(update={"conditions": stale})
+    observed = rc.Observed(BUDGET, parse_spec(spec), old, workloads(replicas), pods)
+    outcome = rc.reconcile(observed, planned(spec), LATER)
+    assert outcome.status.condition("MetricsAvailable") is None
+    assert outcome.status.condition(cond.READY) is not None
+
+
 def test_status_carries_the_plan_per_target_and_totals() -> None:
     spec = spec_dict()
     the_plan = planned(spec)
