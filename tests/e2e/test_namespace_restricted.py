@@ -96,9 +96,15 @@ def restricted(
         operator.start()
         yield cp, watched, other, operator
     finally:
+        # The budgets go while their operator still runs, so its finalizer is done before the
+        # namespaces are deleted (a finalizer left behind would hold a namespace in Terminating).
+        for name in (watched, other):
+            cp.kubectl("delete", "gpb", "--all", "-n", name, "--timeout=30s", check=False)
         operator.stop()
         print(f"operator log:\n{operator.log_tail(30)}")
         for name in (watched, other):
+            cp.kubectl("delete", "deployment", "--all", "-n", name, "--wait=false", check=False)
+            cp.kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", check=False)
             cp.kubectl("delete", "namespace", name, "--wait=false", check=False)
         for doc in rbac:
             if doc["kind"].startswith("Cluster"):
