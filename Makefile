@@ -34,6 +34,7 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy api/gpupower_api operator/gpupower_operator agent/gpupower_agent
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

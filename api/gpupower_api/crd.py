@@ -193,7 +193,7 @@ HEADER = (
 
 
 def render() -> str:
-    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+    return HEADER + str(yaml.safe_dump(build_crd(), sort_keys=False, width=100))
 
 
 def main(argv: list[str] | None = None) -> int:
