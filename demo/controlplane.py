@@ -135,6 +135,38 @@ class ControlPlane:
         return base64.b64decode(admin["clusters"][0]["cluster"]["certificate-authority-data"])
 
 
+START_ATTEMPTS = 3
+
+
+def _start(kit: Path, directory: Path, controllers: bool) -> Path:
+    """Start the kit in ``directory``; the admin kubeconfig. A failed start is stopped and retried.
+
+    The kit's ``start`` can fail now and then on a loaded machine (it may read its
+    ready file while the supervisor is still writing it); the next attempt, in a
+    fresh directory, does not depend on the first.
+    """
+    flags = [] if controllers else ["--no-controllers"]
+    errors: list[str] = []
+    for attempt in range(1, START_ATTEMPTS + 1):
+        run_dir = directory if attempt == 1 else directory.with_name(f"{directory.name}-{attempt}")
+        result = subprocess.run(
+            [str(kit), "start", "--dir", str(run_dir), "--watch-pid", str(os.getpid()), *flags],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in result.stdout.splitlines()
+            if line.startswith("export ")
+        )
+        if result.returncode == 0 and "KUBECONFIG" in exports:
+            return Path(exports["KUBECONFIG"])
+        errors.append(f"attempt {attempt}: exit {result.returncode}: {result.stderr.strip()[-500:]}")
+        subprocess.run([str(kit), "stop", str(run_dir)], check=False, capture_output=True, timeout=120)
+    raise ControlPlaneUnavailable("the control plane did not start:\n" + "\n".join(errors))
+
+
 @contextmanager
 def running_control_plane(run_dir: Path | None = None, controllers: bool = True) -> Iterator[ControlPlane]:
     """Start the kit's control plane, tied to this process (a crash leaks nothing), and stop it after.
@@ -147,24 +179,16 @@ def running_control_plane(run_dir: Path | None = None, controllers: bool = True)
     kit = kit_script()
     owned = run_dir is None
     directory = Path(tempfile.mkdtemp(prefix="gpupower-envtest-")) if run_dir is None else run_dir
-    flags = [] if controllers else ["--no-controllers"]
-    out = subprocess.run(
-        [str(kit), "start", "--dir", str(directory), "--watch-pid", str(os.getpid()), *flags],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    exports = dict(
-        line.removeprefix("export ").split("=", 1) for line in out.splitlines() if line.startswith("export ")
-    )
+    kubeconfig = _start(kit, directory, controllers)
+    started = kubeconfig.parent
     try:
         yield ControlPlane(
-            run_dir=directory,
-            kubeconfig=Path(exports["KUBECONFIG"]),
-            has_controllers=(directory / "kube-controller-manager.log").exists(),
+            run_dir=started,
+            kubeconfig=kubeconfig,
+            has_controllers=(started / "kube-controller-manager.log").exists(),
         )
     finally:
-        subprocess.run([str(kit), "stop", str(directory)], check=False, capture_output=True, timeout=120)
+        subprocess.run([str(kit), "stop", str(started)], check=False, capture_output=True, timeout=120)
         if owned:
-            shutil.rmtree(directory, ignore_errors=True)
+            for path in {directory, started}:
+                shutil.rmtree(path, ignore_errors=True)
