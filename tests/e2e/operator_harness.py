@@ -83,12 +83,6 @@ class ApiProxy:
             raise RuntimeError("the API proxy did not start")
         return self
 
-    def kill(self) -> None:
-        """SIGKILL: no chance to finish anything, as when a node dies under the operator."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

@@ -13,6 +13,7 @@ from tests.envtest import REPO, ControlPlane, kubectl_binary
 
 MANIFESTS = REPO / "manifests"
 KUSTOMIZATIONS = ["manifests", "manifests/overlays/namespace-restricted", "manifests/overlays/cgroup-mapping"]
+CRDS = REPO / "crds"
 ALL_YAML = sorted(p for p in MANIFESTS.rglob("*.yaml")) + sorted((REPO / "crds").glob("*.yaml"))
 
 
@@ -33,6 +34,17 @@ def test_every_manifest_parses(path: Path) -> None:
         assert isinstance(document, dict)
         if path.name != "kustomization.yaml":
             assert document.get("apiVersion") and document.get("kind"), f"{path}: apiVersion/kind missing"
+
+
+def test_the_crds_kustomization_lists_every_crd_file_and_kubectl_apply_f_skips_it() -> None:
+    kustomization = yaml.safe_load((CRDS / "Kustomization").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    crd_files = sorted(p.name for p in CRDS.iterdir() if p.suffix in {".yaml", ".yml", ".json"})
+    assert crd_files, "no CRD file in crds/"
+    assert sorted(kustomization["resources"]) == crd_files, "crds/Kustomization must list every CRD file"
+    for name in crd_files:
+        for document in yaml.safe_load_all((CRDS / name).read_text()):
+            assert document["kind"] == "CustomResourceDefinition", f"crds/{name} holds a {document['kind']}"
 
 
 def _containers(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -141,3 +153,15 @@ def test_kubectl_apply_k_succeeds_on_a_real_api_server(control_plane: ControlPla
     )
     assert result.returncode == 0, result.stderr
     assert "gpupower-operator" in result.stdout
+
+
+@pytest.mark.envtest
+@pytest.mark.parametrize("how", ["-f", "-k"])
+def test_kubectl_apply_of_the_crds_directory_succeeds_on_a_real_api_server(
+    control_plane: ControlPlane, how: str
+) -> None:
+    result = control_plane.kubectl(
+        "apply", how, str(CRDS), "--server-side", "--dry-run=server", "--force-conflicts", check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "customresourcedefinition.apiextensions.k8s.io/gpupowerbudgets.gpupower.dev" in result.stdout
