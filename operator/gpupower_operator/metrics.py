@@ -69,6 +69,11 @@ class OperatorMetrics:
             registry=r,
         )
         self.budgets = Gauge("gpupower_operator_budgets", "Budgets the operator reconciles.", registry=r)
+        self.leader = Gauge(
+            "gpupower_operator_leader",
+            "1 while this replica is the active one (holds the Lease, or runs standalone), 0 on standby.",
+            registry=r,
+        )
 
     def record_status(self, namespace: str, name: str, status: BudgetStatus) -> None:
         labels = (namespace, name)

@@ -49,6 +49,7 @@ class Recorded:
     body: Any
     status: int
     injected: bool
+    at: float = 0.0  # time.monotonic() when the request arrived
 
     @property
     def ok(self) -> bool:
@@ -135,6 +136,7 @@ class ApiProxy:
             self._loop.close()
 
     async def _forward(self, session: aiohttp.ClientSession, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         body = await request.read()
         method = request.method
         sequence = self._next() if method in WRITE_METHODS else 0
@@ -148,7 +150,7 @@ class ApiProxy:
         injected = rule(method, request.path) if rule is not None else None
         if injected is not None:
             if method in WRITE_METHODS:
-                self._record(Recorded(sequence, method, request.path, parsed, injected, True))
+                self._record(Recorded(sequence, method, request.path, parsed, injected, True, arrived))
             status_body = {
                 "kind": "Status",
                 "apiVersion": "v1",
@@ -172,7 +174,9 @@ class ApiProxy:
             except (ConnectionResetError, aiohttp.ClientError):
                 pass  # the client went away (a watch the operator closed)
             if method in WRITE_METHODS:
-                self._record(Recorded(sequence, method, request.path, parsed, upstream.status, False))
+                self._record(
+                    Recorded(sequence, method, request.path, parsed, upstream.status, False, arrived)
+                )
             return response
 
 

@@ -85,6 +85,20 @@ def test_base_security_settings() -> None:
     assert any(a.startswith("--node-name=") for a in agent["args"])
 
 
+def test_the_operator_runs_two_replicas_with_leader_election_and_a_disruption_budget() -> None:
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in render("manifests")}
+    deployment = documents[("Deployment", "gpupower-operator")]
+    assert deployment["spec"]["replicas"] == 2
+    assert "--leader-elect" in _containers(deployment)[0]["args"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pdb = documents[("PodDisruptionBudget", "gpupower-operator")]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    role = documents[("Role", "gpupower-operator-leader-election")]
+    verbs = {(verb, tuple(rule.get("resourceNames", ()))) for rule in role["rules"] for verb in rule["verbs"]}
+    assert verbs == {("create", ()), ("get", ("gpupower-operator",)), ("update", ("gpupower-operator",))}
+
+
 def _cluster_role(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(d for d in documents if d["kind"] == "ClusterRole" and d["metadata"]["name"] == name)
 
@@ -126,7 +140,11 @@ def test_namespace_restricted_overlay_keeps_cluster_roles_for_nodes_only() -> No
     bindings = [d for d in documents if d["kind"] == "ClusterRoleBinding"]
     assert {b["roleRef"]["name"] for b in bindings} == {r["metadata"]["name"] for r in cluster_roles}
     roles = [d for d in documents if d["kind"] in {"Role", "RoleBinding"}]
-    assert len(roles) == 4 and all(d["metadata"]["namespace"] == "inference" for d in roles)
+    # The leader-election Role stays beside the operator: its Lease lives in gpupower-system.
+    election = [d for d in roles if d["metadata"]["name"] == "gpupower-operator-leader-election"]
+    assert len(election) == 2 and all(d["metadata"]["namespace"] == "gpupower-system" for d in election)
+    workload_roles = [d for d in roles if d not in election]
+    assert len(workload_roles) == 4 and all(d["metadata"]["namespace"] == "inference" for d in workload_roles)
     for document in documents:
         if document["kind"] in {"Deployment", "DaemonSet"}:
             assert "--namespace=inference" in _containers(document)[0]["args"]
