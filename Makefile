@@ -103,6 +103,7 @@ bench: install envtest
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_rss.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_latency.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/operator_scale.py
+	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/operator_failover.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
