@@ -26,11 +26,11 @@ def dashboard_json() -> str:
     return json.dumps(dashboard.build(), indent=2) + "\n"
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]  # PyYAML has no type hints here
     """Multi-line strings (the dashboard JSON) as literal blocks, readable in a diff."""
 
 
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+def _str(dumper: Any, value: str) -> Any:
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
@@ -39,7 +39,7 @@ _Dumper.add_representer(str, _str)
 
 
 def _yaml(document: dict[str, Any]) -> str:
-    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=110, allow_unicode=True)
+    return str(yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=110, allow_unicode=True))
 
 
 def dashboard_configmap() -> str:
