@@ -14,6 +14,7 @@ process (``PR_SET_PDEATHSIG``) and is killed in the fixture's finalizer.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client.core import (
     CollectorRegistry,
     CounterMetricFamily,
@@ -228,22 +231,35 @@ class SyntheticExporter:
 class PrometheusServer:
     """The real ``prometheus`` binary on 127.0.0.1, 1 s scrape and evaluation, temp storage."""
 
-    def __init__(self, scrape_port: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        scrape_port: int,
+        workdir: Path,
+        extra_scrape_configs: list[dict[str, Any]] | None = None,
+        rule_files: list[Path] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.scrape_port = scrape_port
         self.process: subprocess.Popen[bytes] | None = None
         self.config = workdir / "prometheus.yml"
-        self.config.write_text(
-            "global:\n"
-            f"  scrape_interval: {SCRAPE_INTERVAL_SECONDS}s\n"
-            f"  evaluation_interval: {SCRAPE_INTERVAL_SECONDS}s\n"
-            "scrape_configs:\n"
-            "  - job_name: synthetic\n"
-            "    honor_labels: true\n"
-            "    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{scrape_port}']\n"
-        )
+        config: dict[str, Any] = {
+            "global": {
+                "scrape_interval": f"{SCRAPE_INTERVAL_SECONDS}s",
+                "evaluation_interval": f"{SCRAPE_INTERVAL_SECONDS}s",
+            },
+            "scrape_configs": [
+                {
+                    "job_name": "synthetic",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [f"127.0.0.1:{scrape_port}"]}],
+                },
+                *(extra_scrape_configs or []),
+            ],
+        }
+        if rule_files:
+            config["rule_files"] = [str(path) for path in rule_files]
+        self.config.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "prometheus.log"
 
     @property
@@ -295,6 +311,14 @@ class PrometheusServer:
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET one endpoint of the HTTP API (``/api/v1/...``); the ``data`` of a successful answer."""
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body["data"]
 
 
 @dataclass
