@@ -39,7 +39,11 @@ def test_environment_fills_in_and_flags_win() -> None:
         ([], {"GPUPOWER_METRICS_PORT": "70000"}, "GPUPOWER_METRICS_PORT"),
         (["--log-level", "loud"], {}, "--log-level"),
         ([], {"GPUPOWER_LEADER_ELECT": "yes"}, "GPUPOWER_LEADER_ELECT"),
-        (["--leader-elect", "--leader-election-retry-seconds", "often"], {}, "--leader-election-retry-seconds"),
+        (
+            ["--leader-elect", "--leader-election-retry-seconds", "often"],
+            {},
+            "--leader-election-retry-seconds",
+        ),
         (["--leader-elect", "--leader-election-lease-seconds", "5"], {}, "renew-deadline"),
     ],
 )
