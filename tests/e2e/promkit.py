@@ -99,6 +99,8 @@ class SyntheticExporter:
         self._lock = threading.Lock()
         self._pods: dict[tuple[str, str], _PodCounters] = {}
         self._gpus: dict[tuple[str, str, int], tuple[str, float]] = {}
+        self._dynamo_frontends: dict[tuple[str, str], _PodCounters] = {}
+        self._dynamo_workers: dict[tuple[str, str], tuple[str, float, float]] = {}
         self._last = time.monotonic()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -123,6 +125,22 @@ class SyntheticExporter:
             for key in [k for k in self._gpus if k[:2] == (namespace, pod)]:
                 del self._gpus[key]
 
+    def set_dynamo_frontend(self, namespace: str, pod: str, traffic: PodTraffic) -> None:
+        """A Dynamo graph's frontend pod: it reports the dynamo_frontend_* series for the whole graph."""
+        with self._lock:
+            self._advance()
+            counters = self._dynamo_frontends.get((namespace, pod))
+            if counters is None:
+                self._dynamo_frontends[(namespace, pod)] = _PodCounters(traffic)
+            else:
+                counters.traffic = traffic
+
+    def set_dynamo_worker(self, namespace: str, pod: str, component: str, requests_per_second: float) -> None:
+        """A Dynamo worker pod: only the dynamo_component_* series of its backend endpoint."""
+        with self._lock:
+            self._advance()
+            self._dynamo_workers[(namespace, pod)] = (component, requests_per_second, 0.0)
+
     def set_gpu_power(self, namespace: str, pod: str, gpu: int, watts: float) -> None:
         with self._lock:
             uuid = f"GPU-{abs(hash((namespace, pod, gpu))) % 10**12:012d}"
@@ -134,7 +152,9 @@ class SyntheticExporter:
         now = time.monotonic()
         seconds = now - self._last
         self._last = now
-        for counters in self._pods.values():
+        for key, (component, rate, total) in self._dynamo_workers.items():
+            self._dynamo_workers[key] = (component, rate, total + rate * seconds)
+        for counters in [*self._pods.values(), *self._dynamo_frontends.values()]:
             traffic = counters.traffic
             requests = traffic.requests_per_second * seconds
             counters.requests += requests
@@ -196,6 +216,59 @@ class SyntheticExporter:
             for (namespace, pod, gpu), (uuid, watts) in sorted(self._gpus.items()):
                 power.add_metric([str(gpu), uuid, "gpu-node-1", namespace, pod, "engine"], watts)
         yield from (success, prompt, generation, waiting, ttft, itl, power)
+        yield from self._collect_dynamo()
+
+    def _collect_dynamo(self) -> Iterator[Any]:
+        """Series shaped like a real Dynamo graph's (names and labels of Dynamo's metrics reference)."""
+        with self._lock:
+            requests = CounterMetricFamily(
+                "dynamo_frontend_requests",
+                "Total number of LLM requests processed",
+                labels=["namespace", "pod", "endpoint", "model", "request_type", "status"],
+            )
+            model_labels = ["namespace", "pod", "model"]
+            families = {
+                name: HistogramMetricFamily(f"dynamo_frontend_{name}", help_text, labels=model_labels)
+                for name, help_text in (
+                    ("input_sequence_tokens", "Input sequence length in tokens"),
+                    ("output_sequence_tokens", "Output sequence length in tokens"),
+                    ("time_to_first_token_seconds", "Time to first token in seconds"),
+                    ("inter_token_latency_seconds", "Inter-token latency in seconds"),
+                )
+            }
+            worker = CounterMetricFamily(
+                "dynamo_component_requests",
+                "Total requests processed by work handler",
+                labels=["namespace", "pod", "dynamo_namespace", "dynamo_component", "dynamo_endpoint"],
+            )
+            for (namespace, pod), counters in sorted(self._dynamo_frontends.items()):
+                model = "meta-llama/llama-3.1-70b-instruct"
+                # Most requests succeed and stream; a few fail: all of them are demand.
+                for request_type, status, share in (("stream", "success", 0.9), ("stream", "error", 0.1)):
+                    labels = [namespace, pod, "chat_completions", model, request_type, status]
+                    requests.add_metric(labels, counters.requests * share)
+                values = [namespace, pod, model]
+                for name, total in (
+                    ("input_sequence_tokens", counters.prompt_tokens),
+                    ("output_sequence_tokens", counters.generation_tokens),
+                ):
+                    # Token histograms: only their _sum counts tokens; buckets are sequence lengths.
+                    families[name].add_metric(values, [("+Inf", counters.requests)], total)
+                for name, buckets, total in (
+                    ("time_to_first_token_seconds", counters.ttft_buckets, counters.ttft_sum),
+                    ("inter_token_latency_seconds", counters.itl_buckets, counters.itl_sum),
+                ):
+                    if buckets is None:
+                        continue
+                    finite = zip(LATENCY_BUCKETS_SECONDS, buckets[:-1], strict=True)
+                    pairs = [(f"{upper:g}", count) for upper, count in finite]
+                    pairs.append(("+Inf", buckets[-1]))
+                    families[name].add_metric(values, pairs, total)
+            for (namespace, pod), (component, _, total) in sorted(self._dynamo_workers.items()):
+                worker.add_metric([namespace, pod, f"{namespace}-llama", component, "generate"], total)
+        yield requests
+        yield from families.values()
+        yield worker
 
     # -- serving
 
