@@ -1,6 +1,7 @@
 """The Grafana dashboard, as data: one :class:`Panel` entry per panel, laid out and numbered by :func:`build`.
 
-Adding a panel is adding one entry to :data:`SECTIONS`; the tests check every
+Adding a panel is adding one entry to :data:`SECTIONS` (e.g.
+``Panel("Enforced watts", (per_budget("enforced_watts", "enforced"),), unit="watt")``); the tests check every
 panel's queries against a real Prometheus scraping a running fleet, and every
 metric name against the ones the operator and the agent export.
 
@@ -45,6 +46,20 @@ def q(expr: str, legend: str) -> Query:
     return Query(expr, legend)
 
 
+def per_budget(metric: str, what: str = "") -> Query:
+    """One of the operator's per-budget series, for the selected namespaces and budgets."""
+    return Query(
+        f"gpupower_operator_{metric}{{{BUDGET}}}", f"{{{{namespace}}}}/{{{{budget}}}} {what}".strip()
+    )
+
+
+def per_target(metric: str, what: str = "") -> Query:
+    """One of the operator's per-target series (``gpupower_operator_target_<metric>``)."""
+    return Query(
+        f"gpupower_operator_target_{metric}{{{BUDGET}}}", f"{{{{budget}}}}/{{{{target}}}} {what}".strip()
+    )
+
+
 SECTIONS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
     (
         "Budgets",
@@ -52,9 +67,9 @@ SECTIONS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             Panel(
                 "Budget limit, planned and observed watts",
                 (
-                    q(f"gpupower_operator_budget_watts{{{BUDGET}}}", "{{namespace}}/{{budget}} limit"),
-                    q(f"gpupower_operator_planned_watts{{{BUDGET}}}", "{{namespace}}/{{budget}} planned"),
-                    q(f"gpupower_operator_observed_watts{{{BUDGET}}}", "{{namespace}}/{{budget}} observed"),
+                    per_budget("budget_watts", "limit"),
+                    per_budget("planned_watts", "planned"),
+                    per_budget("observed_watts", "observed"),
                 ),
                 unit="watt",
                 width=24,
@@ -63,13 +78,13 @@ SECTIONS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             ),
             Panel(
                 "Served fraction of demand",
-                (q(f"gpupower_operator_served_ratio{{{BUDGET}}}", "{{namespace}}/{{budget}}"),),
+                (per_budget("served_ratio"),),
                 unit="percentunit",
                 width=8,
             ),
             Panel(
                 "Utilization (planned / limit)",
-                (q(f"gpupower_operator_utilization_ratio{{{BUDGET}}}", "{{namespace}}/{{budget}}"),),
+                (per_budget("utilization_ratio"),),
                 unit="percentunit",
                 width=8,
             ),
@@ -97,46 +112,34 @@ SECTIONS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             Panel(
                 "Demand and planned capacity per target",
                 (
-                    q(f"gpupower_operator_target_demand{{{BUDGET}}}", "{{budget}}/{{target}} demand"),
-                    q(f"gpupower_operator_target_capacity{{{BUDGET}}}", "{{budget}}/{{target}} capacity"),
+                    per_target("demand", "demand"),
+                    per_target("capacity", "capacity"),
                 ),
                 description="In the unit of the target's profile (requests/s, tokens/s).",
             ),
             Panel(
                 "Served fraction per target",
-                (q(f"gpupower_operator_target_served_ratio{{{BUDGET}}}", "{{budget}}/{{target}}"),),
+                (per_target("served_ratio"),),
                 unit="percentunit",
             ),
             Panel(
                 "Replicas per target: planned and desired",
                 (
-                    q(
-                        f"gpupower_operator_target_planned_replicas{{{BUDGET}}}",
-                        "{{budget}}/{{target}} planned",
-                    ),
-                    q(
-                        f"gpupower_operator_target_desired_replicas{{{BUDGET}}}",
-                        "{{budget}}/{{target}} desired",
-                    ),
+                    per_target("planned_replicas", "planned"),
+                    per_target("desired_replicas", "desired"),
                 ),
                 description="Desired: what demand alone asks for at the highest cap.",
             ),
             Panel(
                 "Per-GPU cap per target",
-                (q(f"gpupower_operator_target_cap_watts{{{BUDGET}}}", "{{budget}}/{{target}}"),),
+                (per_target("cap_watts"),),
                 unit="watt",
             ),
             Panel(
                 "Planned and observed watts per target",
                 (
-                    q(
-                        f"gpupower_operator_target_projected_watts{{{BUDGET}}}",
-                        "{{budget}}/{{target}} planned",
-                    ),
-                    q(
-                        f"gpupower_operator_target_observed_watts{{{BUDGET}}}",
-                        "{{budget}}/{{target}} observed",
-                    ),
+                    per_target("projected_watts", "planned"),
+                    per_target("observed_watts", "observed"),
                 ),
                 unit="watt",
                 width=24,

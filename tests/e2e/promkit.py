@@ -110,11 +110,16 @@ class SyntheticExporter:
     # -- what the test drives
 
     def set_traffic(self, namespace: str, pod: str, traffic: PodTraffic) -> None:
+        self._set(self._pods, namespace, pod, traffic)
+
+    def _set(
+        self, table: dict[tuple[str, str], _PodCounters], namespace: str, pod: str, traffic: PodTraffic
+    ) -> None:
         with self._lock:
             self._advance()
-            counters = self._pods.get((namespace, pod))
+            counters = table.get((namespace, pod))
             if counters is None:
-                self._pods[(namespace, pod)] = _PodCounters(traffic)
+                table[(namespace, pod)] = _PodCounters(traffic)
             else:
                 counters.traffic = traffic
 
@@ -127,13 +132,7 @@ class SyntheticExporter:
 
     def set_dynamo_frontend(self, namespace: str, pod: str, traffic: PodTraffic) -> None:
         """A Dynamo graph's frontend pod: it reports the dynamo_frontend_* series for the whole graph."""
-        with self._lock:
-            self._advance()
-            counters = self._dynamo_frontends.get((namespace, pod))
-            if counters is None:
-                self._dynamo_frontends[(namespace, pod)] = _PodCounters(traffic)
-            else:
-                counters.traffic = traffic
+        self._set(self._dynamo_frontends, namespace, pod, traffic)
 
     def set_dynamo_worker(self, namespace: str, pod: str, component: str, requests_per_second: float) -> None:
         """A Dynamo worker pod: only the dynamo_component_* series of its backend endpoint."""
