@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,14 @@ def simulated_nodes(
         await config.load_kube_config(config_file=str(cp.kubeconfig))
         async with client.ApiClient() as api_client:
             api = client.CoreV1Api(api_client)
-            await asyncio.gather(*(node.simulator.run(api, stop) for node in nodes))
+            runs = asyncio.gather(*(node.simulator.run(api, stop) for node in nodes))
+            # Stop at once, not when each simulator's pod watch next wakes up (up to 30 s later).
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({runs, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            runs.cancel()
+            stopping.cancel()
+            with suppress(asyncio.CancelledError):
+                await runs
 
     thread = threading.Thread(target=loop.run_until_complete, args=(run_all(),), daemon=True)
     thread.start()

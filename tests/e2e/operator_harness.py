@@ -121,7 +121,8 @@ class ApiProxy:
 
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_route("*", "/{tail:.*}", forward)
-            runner = web.AppRunner(app, access_log=None)
+            # Open watches would hold a graceful shutdown for a minute: the proxy stops at once.
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
             return session, runner

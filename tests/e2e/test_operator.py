@@ -74,7 +74,7 @@ def ns(harness: Harness, namespace: str) -> Iterator[str]:
     kubectl = harness.control_plane.kubectl
     kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
     kubectl("scale", "deployment", "--all", "--replicas=0", "-n", namespace, check=False)
-    kubectl("delete", "deployment", "--all", "-n", namespace, "--wait=false", check=False)
+    kubectl("delete", "deployment,statefulset", "--all", "-n", namespace, "--wait=false", check=False)
     kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False)
 
 
