@@ -28,9 +28,13 @@ MAX_PROFILE_POINTS = 64
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+def cel(
+    rule: str, message: str, field_path: str | None = None, message_expression: str | None = None
+) -> JsonDict:
     """One ``x-kubernetes-validations`` entry; the generator copies it into the CRD."""
     entry: JsonDict = {"rule": rule, "message": message}
+    if message_expression is not None:
+        entry["messageExpression"] = message_expression
     if field_path is not None:
         entry["fieldPath"] = field_path
     return entry
@@ -315,8 +319,28 @@ class Target(ApiModel):
         return CapRange(min=max(1, round(low)), max=max(1, round(high)))
 
 
+# A target's highest cap: capWatts.max, or without capWatts its profile's last point (as Target.cap_range).
+_TARGET_CAP_MAX = (
+    "(has(t.capWatts) ? double(t.capWatts.max) : t.profile.points[size(t.profile.points) - 1].watts)"
+)
+
+
 class BudgetSpec(ApiModel):
     """Desired state: the power budget and the roles it covers."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.targets.all(t, double(self.safeDefaultWatts) <= {_TARGET_CAP_MAX})",
+                    "safeDefaultWatts must not be above any target's capWatts.max (without capWatts, its "
+                    "profile's last watts): the safe default is a floor to fall back to, never a way above "
+                    "a target's range",
+                    ".safeDefaultWatts",
+                )
+            ]
+        }
+    )
 
     total_watts: int = Field(gt=0, description="Power budget in watts for all GPUs of all targets.")
     mode: Mode = Field(
@@ -331,6 +355,18 @@ class BudgetSpec(ApiModel):
     prometheus: PrometheusSpec | None = Field(
         default=None, description="Prometheus for demand, latency and observed GPU power."
     )
+
+    @model_validator(mode="after")
+    def _safe_default_within_ranges(self) -> Self:
+        for index, target in enumerate(self.targets):
+            highest = target.cap_range().max
+            if self.safe_default_watts > highest:
+                raise ValueError(
+                    f"safeDefaultWatts ({self.safe_default_watts} W) must not be above "
+                    f"targets[{index}].capWatts.max ({highest} W, target {target.name}): the safe default "
+                    "is a floor to fall back to, never a way above a target's range"
+                )
+        return self
 
     @field_validator("targets")
     @classmethod
@@ -387,6 +423,16 @@ class TargetStatus(ApiModel):
     demand: float | None = Field(default=None, description="Demand planned for, in the profile's unit.")
     served_fraction: float = Field(description="Capacity / demand, at most 1 (1 without demand).")
     pods_annotated: int = Field(default=0, description="Pods of the target that carry the planned cap.")
+    pods_enforced: int = Field(
+        default=0,
+        description="Pods whose GPUs hold the planned cap, as their agents report it "
+        "(the gpupower.dev/PowerCapped pod condition).",
+    )
+    enforced_watts: float | None = Field(
+        default=None,
+        description="What the target's GPUs can draw at most now: the planned cap on the GPUs of "
+        "confirmed pods, the most the GPUs of the other pods can hold (W).",
+    )
     observed_watts: float | None = Field(
         default=None, description="Power the target's GPUs draw (DCGM through Prometheus), in watts."
     )
@@ -432,6 +478,11 @@ class BudgetStatus(ApiModel):
     strategy: str | None = Field(default=None, description="The strategy the plan was made with.")
     budget_watts: int | None = Field(default=None, description="The budget planned for, in watts.")
     planned_watts: float | None = Field(default=None, description="Power of the plan, in watts.")
+    enforced_watts: float | None = Field(
+        default=None,
+        description="What the targets' GPUs can draw at most now, from what the agents report they hold "
+        "(the ENFORCED column of kubectl get gpb), in watts.",
+    )
     observed_watts: float | None = Field(
         default=None, description="Power the targets' GPUs draw (DCGM through Prometheus), in watts."
     )

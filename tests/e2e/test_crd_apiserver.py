@@ -68,6 +68,12 @@ INVALID = [
     ),
     ("targets.0.profile.points", [], "spec.targets[0].profile.points", "should have at least 1 items"),
     ("targets", [], "spec.targets", "should have at least 1 items"),
+    (
+        "safeDefaultWatts",
+        750,
+        "spec.safeDefaultWatts",
+        "safeDefaultWatts must not be above any target's capWatts.max",
+    ),
 ]
 
 
