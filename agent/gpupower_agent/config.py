@@ -36,6 +36,8 @@ class AgentConfig:
     resync_seconds: float
     api_unhealthy_seconds: float
     proc_root: Path
+    device_poll_seconds: float = 0.2
+    device_wait_seconds: float = 300.0
 
 
 # flag, environment variable, default, help
@@ -54,6 +56,19 @@ _OPTIONS: tuple[tuple[str, str, str | None, str], ...] = (
     ("--resync-seconds", "GPUPOWER_RESYNC_SECONDS", "30", "full reconcile at least this often"),
     ("--api-unhealthy-seconds", "GPUPOWER_API_UNHEALTHY_SECONDS", "60", "API outage before /healthz fails"),
     ("--proc-root", "GPUPOWER_PROC_ROOT", "/proc", "host /proc for --gpu-mapping cgroup"),
+    (
+        "--device-poll-seconds",
+        "GPUPOWER_DEVICE_POLL_SECONDS",
+        "0.2",
+        "re-read the GPU mapping this often while a pod awaits its GPUs; 0: follow only annotations "
+        "and the resync (no wake on the kubelet's status changes)",
+    ),
+    (
+        "--device-wait-seconds",
+        "GPUPOWER_DEVICE_WAIT_SECONDS",
+        "300",
+        "how long a pod's GPUs are looked for at that pace before only the resync looks",
+    ),
 )
 
 
@@ -91,6 +106,16 @@ def _seconds(name: str, text: str) -> float:
         raise ConfigError(f"{name}: expected a number of seconds, got {text!r}") from None
     if not 0 < value <= 86_400:
         raise ConfigError(f"{name}: must be within (0, 86400] seconds, got {value:g}")
+    return value
+
+
+def _poll_seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {text!r}") from None
+    if not (value == 0 or 0.01 <= value <= 60):
+        raise ConfigError(f"{name}: must be 0 (off) or within 0.01..60 seconds, got {value:g}")
     return value
 
 
@@ -166,4 +191,6 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         resync_seconds=_seconds(*value("resync_seconds")),
         api_unhealthy_seconds=_seconds(*value("api_unhealthy_seconds")),
         proc_root=Path(value("proc_root")[1]),
+        device_poll_seconds=_poll_seconds(*value("device_poll_seconds")),
+        device_wait_seconds=_seconds(*value("device_wait_seconds")),
     )

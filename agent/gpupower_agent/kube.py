@@ -220,10 +220,19 @@ def pod_informer(
     on_change: Callable[[], None],
     health: ApiHealth,
     on_api_error: Callable[[str], None],
+    follow_kubelet: bool = True,
 ) -> Informer[PodKey, PodView]:
-    """The pods bound to ``node_name`` (in ``namespace``, or in all namespaces)."""
+    """The pods bound to ``node_name`` (in ``namespace``, or in all namespaces).
+
+    With ``follow_kubelet`` every step the kubelet reports (phase, container
+    states) changes the pod's view, so ``on_change`` fires on it.
+    """
     path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
-    spec = ResourceSpec("pods", path, {"fieldSelector": f"spec.nodeName={node_name}"}, pod_view, _pod_key)
+
+    def view(raw: Mapping[str, Any]) -> PodView:
+        return pod_view(raw, kubelet_steps=follow_kubelet)
+
+    spec = ResourceSpec("pods", path, {"fieldSelector": f"spec.nodeName={node_name}"}, view, _pod_key)
     return Informer(api, spec, on_change, health, on_api_error)
 
 

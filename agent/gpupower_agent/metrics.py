@@ -113,6 +113,17 @@ class AgentMetrics:
             "How long the Kubernetes API has been unreachable (0 when reachable).",
             registry=r,
         )
+        self.condition_patches_total = Counter(
+            "gpupower_agent_condition_patches_total",
+            "Patches of the gpupower.dev/PowerCapped pod condition, by result (ok, failed, gone).",
+            ["result"],
+            registry=r,
+        )
+        self.pods_awaiting_devices = Gauge(
+            "gpupower_agent_pods_awaiting_devices",
+            "Pods on the node that ask for GPUs the GPU mapping does not show yet.",
+            registry=r,
+        )
         self._pod_info_labels: set[tuple[str, str, str]] = set()
 
     def set_gpu_pods(self, holders: Iterable[tuple[str, str, str]]) -> None:
