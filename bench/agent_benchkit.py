@@ -76,7 +76,7 @@ def start_node_agent(
     cp.add_node(node, gpus=8)
     return AgentProcess(
         node_name=node,
-        kubeconfig=agent_kubeconfig(cp, workdir),
+        kubeconfig=agent_kubeconfig(cp, workdir, node),
         workdir=workdir,
         socket_path=workdir / "kubelet.sock",
         extra_args=extra_args or [],

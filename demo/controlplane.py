@@ -113,9 +113,18 @@ class ControlPlane:
             args += ["--label", f"{key}={value}"]
         subprocess.run(args, check=True, capture_output=True, text=True, timeout=60)
 
-    def service_account_kubeconfig(self, namespace: str, name: str, directory: Path) -> Path:
-        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` with a bound token."""
-        token = self.kubectl("create", "token", name, "-n", namespace, "--duration", "2h").stdout.strip()
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, directory: Path, bound_pod: str | None = None
+    ) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` with a bound token.
+
+        With ``bound_pod`` (a pod in ``namespace``) the token is bound to that pod, as
+        the token projected into a pod is: the API server then knows the pod's node.
+        """
+        bind = ["--bound-object-kind", "Pod", "--bound-object-name", bound_pod] if bound_pod else []
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, "--duration", "2h", *bind
+        ).stdout.strip()
         admin = yaml.safe_load(self.kubeconfig.read_text())
         cluster = admin["clusters"][0]
         config = {
@@ -126,9 +135,32 @@ class ControlPlane:
             "contexts": [{"name": name, "context": {"cluster": cluster["name"], "user": name}}],
             "current-context": name,
         }
-        path = directory / f"kubeconfig-{namespace}-{name}"
+        path = directory / f"kubeconfig-{namespace}-{name}{'-' + bound_pod if bound_pod else ''}"
         path.write_text(yaml.safe_dump(config))
         return path
+
+    def daemon_pod(self, namespace: str, name: str, account: str, node: str) -> str:
+        """A pod of a DaemonSet-like program on ``node`` (it never runs: there is no kubelet), for a
+        token bound to it; the pod's name."""
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {"app.kubernetes.io/name": account},
+                },
+                "spec": {
+                    "nodeName": node,
+                    "serviceAccountName": account,
+                    "terminationGracePeriodSeconds": 0,
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{"name": "main", "image": "registry.invalid/gpupower:0"}],
+                },
+            }
+        )
+        return name
 
     def ca_data(self) -> bytes:
         admin = yaml.safe_load(self.kubeconfig.read_text())

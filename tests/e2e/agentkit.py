@@ -26,7 +26,9 @@ from tests.children import tied_to_this_process
 from tests.envtest import REPO, ControlPlane, source_env, wait_for
 
 AGENT_RBAC = REPO / "manifests" / "agent" / "rbac.yaml"
+AGENT_POLICY = REPO / "manifests" / "agent" / "admission-policy.yaml"
 AGENT_NAMESPACE = "gpupower-system"
+AGENT_ACCOUNT = "gpupower-agent"
 
 
 def free_port() -> int:
@@ -35,11 +37,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def agent_kubeconfig(control_plane: ControlPlane, directory: Path) -> Path:
-    """A kubeconfig for the agent's own ServiceAccount, bound by manifests/agent/rbac.yaml."""
+def install_agent_rbac(control_plane: ControlPlane) -> None:
+    """The agent's ServiceAccount, roles and admission policy from manifests/agent/."""
     control_plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AGENT_NAMESPACE}})
-    control_plane.kubectl("apply", "-f", str(AGENT_RBAC))
-    return control_plane.service_account_kubeconfig(AGENT_NAMESPACE, "gpupower-agent", directory)
+    control_plane.kubectl("apply", "-f", str(AGENT_RBAC), "-f", str(AGENT_POLICY))
+
+
+def agent_kubeconfig(control_plane: ControlPlane, directory: Path, node_name: str) -> Path:
+    """A kubeconfig for the agent's own ServiceAccount (manifests/agent/rbac.yaml) with the token a
+    DaemonSet pod on ``node_name`` would have: bound to that pod, so it names the node."""
+    install_agent_rbac(control_plane)
+    pod = control_plane.daemon_pod(AGENT_NAMESPACE, f"gpupower-agent-{node_name}", AGENT_ACCOUNT, node_name)
+    return control_plane.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_ACCOUNT, directory, bound_pod=pod)
 
 
 def with_server(kubeconfig: Path, server: str, directory: Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,16 +41,19 @@ AGENT_SAFE_DEFAULT_WATTS = 250
 BUDGET_SAFE_DEFAULT_WATTS = 300
 
 
-@pytest.fixture(scope="module")
-def sa_kubeconfig(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return agent_kubeconfig(crd_installed, tmp_path_factory.mktemp("agent-sa"))
-
-
 def _start_agent(
-    control_plane: ControlPlane, kubeconfig: Path, workdir: Path, extra_args: list[str] | None = None
+    control_plane: ControlPlane,
+    workdir: Path,
+    extra_args: list[str] | None = None,
+    via: Callable[[Path], Path] | None = None,
 ) -> tuple[AgentProcess, FakePodResourcesServer]:
+    """An agent (not started) on a new node, under its ServiceAccount with a token bound to its pod there;
+    ``via`` rewrites its kubeconfig (e.g. to go through a proxy)."""
     node = unique_name("gpu-node")
     control_plane.add_node(node, gpus=8)
+    kubeconfig = agent_kubeconfig(control_plane, workdir, node)
+    if via is not None:
+        kubeconfig = via(kubeconfig)
     server = FakePodResourcesServer(workdir / "kubelet.sock").start()
     agent = AgentProcess(
         node_name=node,
@@ -65,9 +68,9 @@ def _start_agent(
 
 @pytest.fixture(scope="module")
 def shared_agent(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+    crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[AgentProcess, FakePodResourcesServer]]:
-    agent, server = _start_agent(crd_installed, sa_kubeconfig, tmp_path_factory.mktemp("agent"))
+    agent, server = _start_agent(crd_installed, tmp_path_factory.mktemp("agent"))
     agent.start()
     yield agent, server
     if agent.running():
@@ -276,13 +279,15 @@ def test_nvml_errors_are_retried_with_backoff_and_a_limit_changed_behind_its_bac
 
 
 def test_an_api_outage_keeps_the_caps_and_turns_healthz_unhealthy(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    proxy = TcpProxy(api_server_address(sa_kubeconfig)).start()
-    kubeconfig = with_server(sa_kubeconfig, proxy.url, tmp_path)
+    proxy = TcpProxy(api_server_address(control_plane.kubeconfig)).start()
     agent, server = _start_agent(
-        control_plane, kubeconfig, tmp_path, ["--api-unhealthy-seconds", "1", "--resync-seconds", "0.5"]
+        control_plane,
+        tmp_path,
+        ["--api-unhealthy-seconds", "1", "--resync-seconds", "0.5"],
+        via=lambda kubeconfig: with_server(kubeconfig, proxy.url, tmp_path),
     )
     try:
         agent.start()
@@ -312,10 +317,10 @@ def test_an_api_outage_keeps_the_caps_and_turns_healthz_unhealthy(
 
 
 def test_sigterm_restores_default_limits_unless_told_not_to(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    agent, server = _start_agent(control_plane, sa_kubeconfig, tmp_path)
+    agent, server = _start_agent(control_plane, tmp_path)
     try:
         agent.start()
         budget = _budget(control_plane, namespace)
@@ -351,10 +356,10 @@ def test_sigterm_restores_default_limits_unless_told_not_to(
 
 
 def test_a_restart_restores_gpus_whose_pods_left_while_the_agent_was_down(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    agent, server = _start_agent(control_plane, sa_kubeconfig, tmp_path)
+    agent, server = _start_agent(control_plane, tmp_path)
     try:
         agent.start()
         budget = _budget(control_plane, namespace)
@@ -404,10 +409,10 @@ def test_a_restart_restores_gpus_whose_pods_left_while_the_agent_was_down(
 
 
 def test_a_corrupt_state_file_is_reported_and_the_agent_still_caps(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    agent, server = _start_agent(control_plane, sa_kubeconfig, tmp_path)
+    agent, server = _start_agent(control_plane, tmp_path)
     agent.state_file.write_text('{"version": 1, "nodeName": "n", "managedGp')
     try:
         agent.start()
@@ -498,12 +503,12 @@ def test_a_namespace_restricted_agent_needs_only_a_role_and_ignores_other_namesp
 
 
 def test_the_cgroup_mapping_finds_pods_from_gpu_processes(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
     proc = tmp_path / "proc"
     agent, server = _start_agent(
-        control_plane, sa_kubeconfig, tmp_path, ["--gpu-mapping", "cgroup", "--proc-root", str(proc)]
+        control_plane, tmp_path, ["--gpu-mapping", "cgroup", "--proc-root", str(proc)]
     )
     server.stop()  # no kubelet socket: the agent finds pods through NVML processes and their cgroups
     try:
