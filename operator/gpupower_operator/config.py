@@ -22,6 +22,7 @@ class OperatorConfig:
     log_level: str = "info"
     peering: str | None = None  # None: standalone
     liveness_endpoint: str | None = None  # kopf's own probe, e.g. http://0.0.0.0:8081/healthz
+    enforcement_timeout_seconds: float = 60.0  # a pod unconfirmed this long: EnforcementStalled
 
 
 def _float(value: str, name: str, minimum: float) -> float:
@@ -70,6 +71,12 @@ def parser() -> argparse.ArgumentParser:
         help="kopf peering object for HA (default: standalone); env GPUPOWER_PEERING",
     )
     p.add_argument(
+        "--enforcement-timeout-seconds",
+        metavar="S",
+        help="how long a pod's caps may stay unconfirmed by its agent before EnforcementStalled "
+        "(raises keep waiting); env GPUPOWER_ENFORCEMENT_TIMEOUT_SECONDS",
+    )
+    p.add_argument(
         "--liveness-endpoint",
         metavar="URL",
         help="kopf's own liveness probe, e.g. http://0.0.0.0:8081/healthz; env GPUPOWER_LIVENESS_ENDPOINT",
@@ -101,6 +108,10 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Operator
     level = (value or defaults.log_level).lower()
     if level not in LOG_LEVELS:
         raise ConfigError(f"{name}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    value, name = pick(args.enforcement_timeout_seconds, "GPUPOWER_ENFORCEMENT_TIMEOUT_SECONDS")
+    enforcement_timeout = (
+        _float(value, name, 1.0) if value is not None else defaults.enforcement_timeout_seconds
+    )
     prometheus_url, _ = pick(args.prometheus_url, "GPUPOWER_PROMETHEUS_URL")
     peering, _ = pick(args.peering, "GPUPOWER_PEERING")
     liveness, _ = pick(args.liveness_endpoint, "GPUPOWER_LIVENESS_ENDPOINT")
@@ -112,4 +123,5 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Operator
         log_level=level,
         peering=peering,
         liveness_endpoint=liveness,
+        enforcement_timeout_seconds=enforcement_timeout,
     )

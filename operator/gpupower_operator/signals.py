@@ -262,10 +262,11 @@ def recent_window(
 
 
 def enforced(planned: TargetStatus) -> bool:
-    """Whether the fleet runs the target's plan: its replicas, each pod annotated with the planned cap."""
+    """Whether the fleet runs the target's plan: its replicas, each pod's GPUs holding the planned cap
+    as its agent reports it (not only annotated with it)."""
     return (
         planned.current_replicas == planned.planned_replicas
-        and planned.pods_annotated >= planned.planned_replicas
+        and planned.pods_enforced >= planned.planned_replicas
     )
 
 
