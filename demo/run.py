@@ -11,7 +11,6 @@ constraints: 200-700 W, default 700 W).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import signal
@@ -27,10 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client, config
-
 from demo.controlplane import REPO, ControlPlane, ControlPlaneUnavailable, running_control_plane, source_env
-from demo.nodesim import NodeSimulator
+from demo.nodesim import NodeSimulator, running_simulators
 from gpupower_api.contract import POWER_LIMIT_ANNOTATION
 
 DEMO = Path(__file__).resolve().parent
@@ -116,24 +113,8 @@ def simulated_nodes(cp: ControlPlane, root: Path) -> Iterator[Fleet]:
         directory.mkdir(parents=True)
         simulator = NodeSimulator(name, GPUS_PER_NODE, directory / "pod-resources" / "kubelet.sock")
         nodes.append(Node(name, directory, simulator))
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    async def run_all() -> None:
-        await config.load_kube_config(config_file=str(cp.kubeconfig))
-        async with client.ApiClient() as api_client:
-            api = client.CoreV1Api(api_client)
-            await asyncio.gather(*(node.simulator.run(api, stop) for node in nodes))
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(run_all(),), daemon=True)
-    thread.start()
-    try:
+    with running_simulators(cp.kubeconfig, [node.simulator for node in nodes]):
         yield Fleet(nodes)
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=40)
-        for node in nodes:
-            node.simulator.stop()
 
 
 @contextmanager
