@@ -41,13 +41,14 @@ async def open_nvml(config: AgentConfig, stop: asyncio.Event) -> PowerControl | 
     """The fake when ``--fake-gpus`` is given, else real NVML (retried with backoff until it loads)."""
     if config.fake_gpus is not None:
         log.warning(
-            "event=nvml_fake gpus=%d model=%s state_file=%s note=%r",
+            "event=nvml_fake gpus=%d model=%s state_file=%s load_file=%s note=%r",
             config.fake_gpus.count,
             config.fake_gpus.model.name,
             config.fake_gpu_state,
+            config.fake_gpu_load,
             "NVML replaced by the in-memory fake; no hardware is touched",
         )
-        return FakeNvml(config.node_name, config.fake_gpus, config.fake_gpu_state)
+        return FakeNvml(config.node_name, config.fake_gpus, config.fake_gpu_state, config.fake_gpu_load)
     delay = 1.0
     while not stop.is_set():
         try:
@@ -61,7 +62,7 @@ async def open_nvml(config: AgentConfig, stop: asyncio.Event) -> PowerControl | 
     return None
 
 
-async def open_mapping(config: AgentConfig, nvml: PowerControl) -> GpuMapping:
+async def open_mapping(config: AgentConfig, nvml: PowerControl, metrics: AgentMetrics) -> GpuMapping:
     mode = config.gpu_mapping
     if mode is MappingMode.AUTO:
         answers = await pod_resources_answers(config.pod_resources_socket)
@@ -73,7 +74,12 @@ async def open_mapping(config: AgentConfig, nvml: PowerControl) -> GpuMapping:
             answers,
         )
     if mode is MappingMode.POD_RESOURCES:
-        return PodResourcesMapping(config.pod_resources_socket)
+        return PodResourcesMapping(
+            config.pod_resources_socket,
+            resolver=nvml,
+            resource_names=config.gpu_resource_names,
+            on_unmapped=lambda device: metrics.unmapped_devices_total.labels(device.resource).inc(),
+        )
     return CgroupMapping(nvml, config.proc_root)
 
 
@@ -93,8 +99,8 @@ async def run(config: AgentConfig) -> int:
     nvml = await open_nvml(config, stop)
     if nvml is None:
         return 0
-    mapping = await open_mapping(config, nvml)
     metrics = AgentMetrics()
+    mapping = await open_mapping(config, nvml, metrics)
     gpus = nvml.gpus()
     metrics.info.labels(
         config.node_name,
