@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import uuid as uuid_module
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ class NvmlErrorKind(StrEnum):
     NOT_SUPPORTED = "not_supported"
     GPU_LOST = "gpu_lost"
     UNINITIALIZED = "uninitialized"
+    INVALID_ARGUMENT = "invalid_argument"
+    DRIVER_NOT_LOADED = "driver_not_loaded"
     OTHER = "other"
 
 
@@ -410,7 +413,12 @@ class FakeNvml:
         constraints = state.gpu.constraints
         if not constraints.min_watts <= watts <= constraints.max_watts:
             # What real NVML answers for a limit outside the constraints.
-            raise NvmlError(NvmlErrorKind.OTHER, "set", uuid, f"invalid argument: {watts} W")
+            raise NvmlError(
+                NvmlErrorKind.INVALID_ARGUMENT,
+                "set",
+                uuid,
+                f"{watts} W outside {constraints.min_watts}..{constraints.max_watts} W",
+            )
         state.limit_watts = watts
         self._save()
 
@@ -447,6 +455,8 @@ def _error_kind(code: int) -> NvmlErrorKind:
         pynvml.NVML_ERROR_NOT_SUPPORTED: NvmlErrorKind.NOT_SUPPORTED,
         pynvml.NVML_ERROR_GPU_IS_LOST: NvmlErrorKind.GPU_LOST,
         pynvml.NVML_ERROR_UNINITIALIZED: NvmlErrorKind.UNINITIALIZED,
+        pynvml.NVML_ERROR_INVALID_ARGUMENT: NvmlErrorKind.INVALID_ARGUMENT,
+        pynvml.NVML_ERROR_DRIVER_NOT_LOADED: NvmlErrorKind.DRIVER_NOT_LOADED,
     }.get(code, NvmlErrorKind.OTHER)
 
 
@@ -454,8 +464,19 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _milliwatts_to_watts(milliwatts: int) -> int:
-    return round(milliwatts / 1000)
+def constraints_from_milliwatts(min_mw: int, max_mw: int, default_mw: int) -> GpuConstraints:
+    """Whole watts the GPU accepts: the minimum rounded up, the maximum down, so every cap fits NVML.
+
+    A GPU whose limits are not whole watts (NVML reports milliwatts) would otherwise be sent
+    a cap just outside its range, which NVML refuses.
+    """
+    low, high = math.ceil(min_mw / 1000), math.floor(max_mw / 1000)
+    return GpuConstraints(low, high, min(max(round(default_mw / 1000), low), high))
+
+
+def limit_from_milliwatts(milliwatts: int) -> int:
+    """A limit read back, rounded up: a GPU holding a fraction of a watt above its cap gets it set again."""
+    return math.ceil(milliwatts / 1000)
 
 
 MIG_PARENT_CACHE_SIZE = 4096
@@ -472,11 +493,16 @@ class RealNvml:
         self._gpus: list[Gpu] = []
         # A MIG device's parent never changes (a re-created MIG device gets a new UUID): asked once.
         self._mig_parents: dict[str, str] = {}
+        self._unanswered: dict[int, str] = {}
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as error:
             raise NvmlError(_error_kind(error.value), "init", None, str(error)) from error
-        self._scan()
+        try:
+            self._scan()
+        except NvmlError:
+            self.shutdown()
+            raise
 
     def _scan(self) -> None:
         """Enumerate the GPUs and their constraints now; a GPU that does not answer is left out (lost)."""
@@ -495,6 +521,7 @@ class RealNvml:
             log.info("event=nvml_reinitialised gpus=%d", count)
         handles: dict[str, Any] = {}
         gpus: list[Gpu] = []
+        unanswered: dict[int, str] = {}
         for index in range(count):
             try:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(index)
@@ -502,17 +529,23 @@ class RealNvml:
                 name = _text(pynvml.nvmlDeviceGetName(handle))
                 min_mw, max_mw = pynvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
                 default_mw = pynvml.nvmlDeviceGetPowerManagementDefaultLimit(handle)
-            except pynvml.NVMLError:
+            except pynvml.NVMLError as error:
+                unanswered[index] = f"{_error_kind(error.value).value}: {error}"
                 continue
-            constraints = GpuConstraints(
-                min_watts=_milliwatts_to_watts(min_mw),
-                max_watts=_milliwatts_to_watts(max_mw),
-                default_watts=_milliwatts_to_watts(default_mw),
-            )
             handles[uuid] = handle
-            gpus.append(Gpu(uuid=uuid, index=index, model=name, constraints=constraints))
+            gpus.append(Gpu(uuid, index, name, constraints_from_milliwatts(min_mw, max_mw, default_mw)))
+        self._report_unanswered(unanswered)
         self._handles = handles
         self._gpus = gpus
+
+    def _report_unanswered(self, unanswered: dict[int, str]) -> None:
+        """Say once when a GPU stops answering the scan (it is left out) and once when it answers again."""
+        for index, problem in sorted(unanswered.items()):
+            if self._unanswered.get(index) != problem:
+                log.warning("event=gpu_unanswered index=%d error=%r action=left_out", index, problem)
+        for index in sorted(self._unanswered.keys() - unanswered.keys()):
+            log.info("event=gpu_answers_again index=%d", index)
+        self._unanswered = unanswered
 
     def _handle(self, operation: str, uuid: str) -> Any:
         handle = self._handles.get(uuid)
@@ -536,8 +569,7 @@ class RealNvml:
         return list(self._gpus)
 
     def power_limit_watts(self, uuid: str) -> int:
-        milliwatts = self._call("get", uuid, self._nvml.nvmlDeviceGetPowerManagementLimit)
-        return _milliwatts_to_watts(milliwatts)
+        return limit_from_milliwatts(self._call("get", uuid, self._nvml.nvmlDeviceGetPowerManagementLimit))
 
     def set_power_limit_watts(self, uuid: str, watts: int) -> None:
         self._call("set", uuid, self._nvml.nvmlDeviceSetPowerManagementLimit, watts * 1000)

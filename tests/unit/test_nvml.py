@@ -1,5 +1,5 @@
 """The NVML adapters: the fake (GPUs, persistence, injected errors, MIG devices, a draw model) and the
-real one on a GPU-less host."""
+real one's unit conversions and behaviour on a host without a driver (on the stand-in: test_real_nvml.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from gpupower_agent.nvml import (
     NvmlError,
     NvmlErrorKind,
     RealNvml,
+    constraints_from_milliwatts,
     fake_gpu_uuid,
     fake_mig_uuid,
+    limit_from_milliwatts,
     parse_fake_gpus,
 )
 
@@ -77,8 +79,9 @@ def test_an_unreadable_fake_state_file_means_factory_defaults(tmp_path: Path, co
 def test_the_fake_refuses_limits_outside_the_constraints_like_nvml() -> None:
     nvml = FakeNvml("n", FakeGpuSpec(1, GPU_MODELS["a100-pcie"]))
     uuid = nvml.gpus()[0].uuid
-    with pytest.raises(NvmlError):
+    with pytest.raises(NvmlError) as caught:
         nvml.set_power_limit_watts(uuid, 300)
+    assert caught.value.kind is NvmlErrorKind.INVALID_ARGUMENT
     assert nvml.power_limit_watts(uuid) == 250
 
 
@@ -233,3 +236,27 @@ def test_the_load_file_is_read_again_when_it_changes_and_a_bad_one_keeps_the_las
     assert len(warnings) == 2 and "GPU-elsewhere" in warnings[1] and second in warnings[1]
     load.unlink()  # no file: every GPU idles
     assert nvml.power_usage_watts(first) == 40.0
+
+
+# ---------------------------------------------------------------------------
+# The real adapter's units
+
+
+@pytest.mark.parametrize(
+    ("milliwatts", "watts"),
+    [
+        ((200_000, 700_000, 700_000), (200, 700, 700)),
+        ((100_500, 399_500, 250_500), (101, 399, 250)),  # inward: every whole-watt cap fits NVML
+        ((150_001, 250_999, 250_999), (151, 250, 250)),  # the default brought into the range
+    ],
+)
+def test_constraints_in_milliwatts_become_whole_watts_nvml_accepts(
+    milliwatts: tuple[int, int, int], watts: tuple[int, int, int]
+) -> None:
+    constraints = constraints_from_milliwatts(*milliwatts)
+    assert (constraints.min_watts, constraints.max_watts, constraints.default_watts) == watts
+    assert constraints.min_watts * 1000 >= milliwatts[0] and constraints.max_watts * 1000 <= milliwatts[1]
+
+
+def test_a_limit_read_back_is_rounded_up_so_a_fraction_above_the_cap_is_corrected() -> None:
+    assert [limit_from_milliwatts(mw) for mw in (450_000, 450_001, 450_400, 449_999)] == [450, 451, 451, 450]
