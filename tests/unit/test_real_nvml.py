@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gpupower_agent.cgroups import CgroupMapping
 from gpupower_agent.cluster import PodKey
 from gpupower_agent.mapping import PodRef
 from gpupower_agent.nvml import GPU_MODELS, NvmlError, NvmlErrorKind, RealNvml, fake_gpu_uuid
@@ -262,4 +263,19 @@ async def test_the_pod_resources_mapping_places_mig_and_time_sliced_devices_thro
         stub.uuids[0]: [ref("whole")],
         stub.uuids[1]: [ref("single"), ref("mixed")],
         stub.uuids[2]: [ref("sliced")],
+    }
+
+
+async def test_the_cgroup_mapping_puts_pods_on_mig_devices_on_their_parent_gpu(
+    stub: Stub, nvml: RealNvml, tmp_path: Path
+) -> None:
+    uids = {4101: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", 4102: "1f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"}
+    for pid, uid in {**uids, 4103: uids[4102]}.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cgroup").write_text(f"0::/kubepods/burstable/pod{uid}/0123abcd\n")
+    assignments = await CgroupMapping(nvml, tmp_path).assignments()
+    assert assignments == {
+        stub.uuids[0]: [],
+        stub.uuids[1]: [PodRef(uid=uids[4101]), PodRef(uid=uids[4102])],
+        stub.uuids[2]: [],
     }
