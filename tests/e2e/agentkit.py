@@ -331,6 +331,28 @@ def agent_on_new_node(
     return agent, server
 
 
+def stop_node(agent: AgentProcess, server: FakePodResourcesServer) -> None:
+    if agent.running():
+        agent.stop()
+    server.stop()
+
+
+def granting_budget(
+    control_plane: ControlPlane, namespace: str, grant_watts: int = 600, safe_default_watts: int = 300
+) -> str:
+    """Budget ``llm`` whose status grants ``app=decode`` pods up to ``grant_watts`` (the operator's part)."""
+    control_plane.apply(budget_manifest("llm", namespace, safe_default_watts))
+    set_grants(control_plane, namespace, "llm", {"decode": ("app=decode", grant_watts)})
+    return "llm"
+
+
+def delete_pods(control_plane: ControlPlane, namespace: str) -> None:
+    """Force-delete every pod of ``namespace`` (no kubelet confirms a deletion)."""
+    control_plane.kubectl(
+        "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", "--wait=false", check=False
+    )
+
+
 def bind_pod(
     control_plane: ControlPlane,
     server: FakePodResourcesServer,

@@ -20,9 +20,10 @@ from tests.e2e.agentkit import (
     agent_kubeconfig,
     agent_on_new_node,
     bind_pod,
-    budget_manifest,
     cap_annotations,
-    set_grants,
+    delete_pods,
+    granting_budget,
+    stop_node,
 )
 from tests.envtest import ControlPlane, wait_for
 from tests.nvmlstub import StubState, edit_state, read_state
@@ -49,19 +50,14 @@ def stub_node(crd_installed: ControlPlane, kubeconfig: Path, tmp_path: Path) -> 
         crd_installed, kubeconfig, tmp_path, nvml="stub", extra_args=["--resync-seconds", "1"]
     )
     yield agent, server
-    if agent.running():
-        agent.stop()
-    server.stop()
+    stop_node(agent, server)
 
 
 @pytest.fixture
 def budget(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
-    control_plane.apply(budget_manifest("llm", namespace, 300))
-    set_grants(control_plane, namespace, "llm", {"decode": ("app=decode", 600)})
-    yield "llm"
-    control_plane.kubectl(
-        "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", "--wait=false", check=False
-    )
+    """A budget in the test's namespace granting 600 W to ``app=decode``; its pods go afterwards."""
+    yield granting_budget(control_plane, namespace, 600, 300)
+    delete_pods(control_plane, namespace)
 
 
 def _cap(

@@ -22,9 +22,10 @@ from tests.e2e.agentkit import (
     agent_on_new_node,
     annotate,
     bind_pod,
-    budget_manifest,
     cap_annotations,
-    set_grants,
+    delete_pods,
+    granting_budget,
+    stop_node,
     wait_seconds,
 )
 from tests.envtest import ControlPlane, wait_for
@@ -48,20 +49,14 @@ def node(
     agent, server = agent_on_new_node(crd_installed, kubeconfig, workdir, nvml=request.param)
     agent.start()
     yield agent, server
-    if agent.running():
-        agent.stop()
-    server.stop()
+    stop_node(agent, server)
 
 
 @pytest.fixture
 def budget(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
     """A budget in the test's namespace granting 600 W to ``app=decode``; its pods go afterwards."""
-    control_plane.apply(budget_manifest("llm", namespace, BUDGET_SAFE_DEFAULT_WATTS))
-    set_grants(control_plane, namespace, "llm", {"decode": ("app=decode", 600)})
-    yield "llm"
-    control_plane.kubectl(
-        "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", "--wait=false", check=False
-    )
+    yield granting_budget(control_plane, namespace, 600, BUDGET_SAFE_DEFAULT_WATTS)
+    delete_pods(control_plane, namespace)
 
 
 def _release_all(
