@@ -69,9 +69,12 @@ def budget_with_grant(cp: ControlPlane, name: str = BUDGET, grant_watts: int = 7
 
 
 def start_node_agent(
-    cp: ControlPlane, workdir: Path, node: str, extra_args: list[str] | None = None
+    cp: ControlPlane, workdir: Path, node: str, extra_args: list[str] | None = None, nvml: str = "fake"
 ) -> AgentProcess:
-    """The real agent for ``node`` under its own ServiceAccount, with fake H100s (not started)."""
+    """The real agent for ``node`` under its own ServiceAccount, with H100s (not started).
+
+    ``nvml="fake"``: the fake NVML; ``"stub"``: the real NVML adapter on the stand-in library.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     cp.add_node(node, gpus=8)
     return AgentProcess(
@@ -80,6 +83,7 @@ def start_node_agent(
         workdir=workdir,
         socket_path=workdir / "kubelet.sock",
         extra_args=extra_args or [],
+        nvml=nvml,
     )
 
 

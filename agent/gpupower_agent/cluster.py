@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 # Extended resources whose devices are GPUs (or parts of one): the NVIDIA device plugin's names.
-DEFAULT_GPU_RESOURCE_PATTERNS = ("nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-*")
+DEFAULT_GPU_RESOURCE_NAMES = ("nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-*")
 
 
 class InvalidObjectError(ValueError):
@@ -122,7 +122,7 @@ def _string_map(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
-def is_gpu_resource(name: str, patterns: Iterable[str] = DEFAULT_GPU_RESOURCE_PATTERNS) -> bool:
+def is_gpu_resource(name: str, patterns: Iterable[str] = DEFAULT_GPU_RESOURCE_NAMES) -> bool:
     """Whether an extended resource name is one of GPUs (``fnmatch`` patterns)."""
     return any(fnmatchcase(name, pattern) for pattern in patterns)
 
@@ -180,7 +180,7 @@ def _power_capped(status: Mapping[str, Any]) -> ReportedCondition | None:
 
 def pod_view(
     raw: Mapping[str, Any],
-    gpu_resources: Iterable[str] = DEFAULT_GPU_RESOURCE_PATTERNS,
+    gpu_resources: Iterable[str] = DEFAULT_GPU_RESOURCE_NAMES,
     kubelet_steps: bool = True,
 ) -> PodView:
     """The agent's view of a raw Pod object.

@@ -45,13 +45,14 @@ async def open_nvml(config: AgentConfig, stop: asyncio.Event) -> PowerControl | 
     """The fake when ``--fake-gpus`` is given, else real NVML (retried with backoff until it loads)."""
     if config.fake_gpus is not None:
         log.warning(
-            "event=nvml_fake gpus=%d model=%s state_file=%s note=%r",
+            "event=nvml_fake gpus=%d model=%s state_file=%s load_file=%s note=%r",
             config.fake_gpus.count,
             config.fake_gpus.model.name,
             config.fake_gpu_state,
+            config.fake_gpu_load,
             "NVML replaced by the in-memory fake; no hardware is touched",
         )
-        return FakeNvml(config.node_name, config.fake_gpus, config.fake_gpu_state)
+        return FakeNvml(config.node_name, config.fake_gpus, config.fake_gpu_state, config.fake_gpu_load)
     delay = 1.0
     while not stop.is_set():
         try:
@@ -65,7 +66,7 @@ async def open_nvml(config: AgentConfig, stop: asyncio.Event) -> PowerControl | 
     return None
 
 
-async def open_mapping(config: AgentConfig, nvml: PowerControl) -> GpuMapping:
+async def open_mapping(config: AgentConfig, nvml: PowerControl, metrics: AgentMetrics) -> GpuMapping:
     mode = config.gpu_mapping
     if mode is MappingMode.AUTO:
         answers = await pod_resources_answers(config.pod_resources_socket)
@@ -77,7 +78,12 @@ async def open_mapping(config: AgentConfig, nvml: PowerControl) -> GpuMapping:
             answers,
         )
     if mode is MappingMode.POD_RESOURCES:
-        return PodResourcesMapping(config.pod_resources_socket)
+        return PodResourcesMapping(
+            config.pod_resources_socket,
+            resolver=nvml,
+            resource_names=config.gpu_resource_names,
+            on_unmapped=lambda device: metrics.unmapped_devices_total.labels(device.resource).inc(),
+        )
     return CgroupMapping(nvml, config.proc_root)
 
 
@@ -97,8 +103,8 @@ async def run(config: AgentConfig) -> int:
     nvml = await open_nvml(config, stop)
     if nvml is None:
         return 0
-    mapping = await open_mapping(config, nvml)
     metrics = AgentMetrics()
+    mapping = await open_mapping(config, nvml, metrics)
     gpus = nvml.gpus()
     metrics.info.labels(
         config.node_name,
@@ -141,7 +147,14 @@ async def run(config: AgentConfig) -> int:
 
     follow_kubelet = config.device_poll_seconds > 0
     pods = pod_informer(
-        api, config.node_name, config.namespace, wake.set, health, on_api_error, follow_kubelet=follow_kubelet
+        api,
+        config.node_name,
+        config.namespace,
+        wake.set,
+        health,
+        on_api_error,
+        follow_kubelet=follow_kubelet,
+        gpu_resources=config.gpu_resource_names,
     )
     budgets = budget_informer(api, config.namespace, wake.set, health, on_api_error)
     publisher = InventoryPublisher(api, config.node_name, metrics)

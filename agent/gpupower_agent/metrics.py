@@ -97,6 +97,12 @@ class AgentMetrics:
             ["source"],
             registry=r,
         )
+        self.unmapped_devices_total = Counter(
+            "gpupower_agent_unmapped_devices_total",
+            "GPU devices of pods (PodResources) that are on no GPU of this node, by resource name.",
+            ["resource"],
+            registry=r,
+        )
         self.limit_changes_total = Counter(
             "gpupower_agent_limit_changes_total",
             "Power limits set through NVML, by action (cap or restore).",

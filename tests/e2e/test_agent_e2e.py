@@ -1,8 +1,10 @@
 """The real agent process against the real API server, under its own ServiceAccount's read-only RBAC,
-with a local kubelet PodResources server and fake GPUs whose limits the tests read back.
+with a local kubelet PodResources server and GPUs whose limits the tests read back.
 
-One agent serves the behaviour tests of this module (each test on its own GPUs and namespace);
-the tests of restarts, signals and outages run their own agent on their own node.
+The GPUs are the fake NVML, and, for every test that talks to NVML, also the real NVML adapter
+(pynvml) on the stand-in libnvidia-ml.so.1 (tests/nvmlstub): the same checks on both.
+One agent per kind of GPU serves the behaviour tests of this module (each test on its own GPUs
+and namespace); the tests of restarts, signals and outages run their own agent on their own node.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from gpupower_agent.cluster import PodKey
 from gpupower_agent.podresources import FakePodResourcesServer
 from tests.e2e.agentkit import (
     AGENT_RBAC,
+    NVML_BACKENDS,
     AgentProcess,
     TcpProxy,
-    agent_kubeconfig,
+    agent_on_new_node,
     annotate,
     api_server_address,
+    bind_pod,
     budget_manifest,
     cap_annotations,
     pod_manifest,
@@ -45,32 +49,21 @@ def _start_agent(
     control_plane: ControlPlane,
     workdir: Path,
     extra_args: list[str] | None = None,
+    nvml: str = "fake",
     via: Callable[[Path], Path] | None = None,
 ) -> tuple[AgentProcess, FakePodResourcesServer]:
-    """An agent (not started) on a new node, under its ServiceAccount with a token bound to its pod there;
-    ``via`` rewrites its kubeconfig (e.g. to go through a proxy)."""
-    node = unique_name("gpu-node")
-    control_plane.add_node(node, gpus=8)
-    kubeconfig = agent_kubeconfig(control_plane, workdir, node)
-    if via is not None:
-        kubeconfig = via(kubeconfig)
-    server = FakePodResourcesServer(workdir / "kubelet.sock").start()
-    agent = AgentProcess(
-        node_name=node,
-        kubeconfig=kubeconfig,
-        workdir=workdir,
-        socket_path=server.socket_path,
-        safe_default_watts=AGENT_SAFE_DEFAULT_WATTS,
-        extra_args=extra_args or [],
-    )
-    return agent, server
+    return agent_on_new_node(control_plane, workdir, nvml, extra_args, AGENT_SAFE_DEFAULT_WATTS, via)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=NVML_BACKENDS)
 def shared_agent(
-    crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    crd_installed: ControlPlane,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[AgentProcess, FakePodResourcesServer]]:
-    agent, server = _start_agent(crd_installed, tmp_path_factory.mktemp("agent"))
+    agent, server = _start_agent(
+        crd_installed, tmp_path_factory.mktemp(f"agent-{request.param}"), nvml=request.param
+    )
     agent.start()
     yield agent, server
     if agent.running():
@@ -103,9 +96,15 @@ def _pod(
     annotations: dict[str, str] | None = None,
 ) -> None:
     """A pod bound to the agent's node, holding these GPUs (the kubelet knows them first)."""
-    server.allocate(PodKey(namespace, name), [agent.uuid(i) for i in gpu_indexes])
-    control_plane.apply(
-        pod_manifest(name, namespace, agent.node_name, labels, annotations, gpus=len(gpu_indexes))
+    bind_pod(
+        control_plane,
+        server,
+        agent,
+        namespace,
+        name,
+        [agent.uuid(i) for i in gpu_indexes],
+        labels,
+        annotations,
     )
 
 
@@ -150,8 +149,8 @@ def test_annotating_a_pod_sets_its_gpu_limit_and_removing_it_restores_the_defaul
     assert (
         agent.metric_value("gpupower_agent_gpu_pod_info", uuid=uuid, namespace=namespace, pod="decode-0") == 1
     )
-    assert agent.metric_value("gpupower_agent_info", nvml="fake") == 1
-    assert "event=nvml_fake" in agent.log()
+    assert agent.metric_value("gpupower_agent_info", nvml="fake" if agent.nvml == "fake" else "real") == 1
+    assert ("event=nvml_fake" in agent.log()) == (agent.nvml == "fake")
 
     _force_delete(control_plane, namespace, "decode-0")
     server.release(PodKey(namespace, "decode-0"))
@@ -316,11 +315,12 @@ def test_an_api_outage_keeps_the_caps_and_turns_healthz_unhealthy(
         server.stop()
 
 
+@pytest.mark.parametrize("nvml", NVML_BACKENDS)
 def test_sigterm_restores_default_limits_unless_told_not_to(
-    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str, nvml: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    agent, server = _start_agent(control_plane, tmp_path)
+    agent, server = _start_agent(control_plane, tmp_path, nvml=nvml)
     try:
         agent.start()
         budget = _budget(control_plane, namespace)
@@ -355,11 +355,12 @@ def test_sigterm_restores_default_limits_unless_told_not_to(
         server.stop()
 
 
+@pytest.mark.parametrize("nvml", NVML_BACKENDS)
 def test_a_restart_restores_gpus_whose_pods_left_while_the_agent_was_down(
-    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str, nvml: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    agent, server = _start_agent(control_plane, tmp_path)
+    agent, server = _start_agent(control_plane, tmp_path, nvml=nvml)
     try:
         agent.start()
         budget = _budget(control_plane, namespace)
@@ -392,9 +393,7 @@ def test_a_restart_restores_gpus_whose_pods_left_while_the_agent_was_down(
         _force_delete(control_plane, namespace, "gone")
         server.release(PodKey(namespace, "gone"))
         # Someone else's limit on a GPU the agent never capped must survive the restart.
-        gpus = json.loads(agent.gpu_state_path.read_text())
-        gpus[2]["limitWatts"] = 330
-        agent.gpu_state_path.write_text(json.dumps(gpus))
+        agent.edit_gpu(2, limitWatts=330)
 
         agent.start()
         agent.wait_limit(0, H100_DEFAULT_WATTS)
@@ -460,7 +459,10 @@ def test_a_namespace_restricted_agent_needs_only_a_role_and_ignores_other_namesp
     kubeconfig = control_plane.service_account_kubeconfig(namespace, "agent", tmp_path)
     other = unique_name("other")
     control_plane.kubectl("create", "namespace", other)
-    agent, server = _start_agent(control_plane, kubeconfig, tmp_path, ["--namespace", namespace])
+    # This agent runs under the namespaced account instead of the shipped one.
+    agent, server = _start_agent(
+        control_plane, tmp_path, ["--namespace", namespace], via=lambda _: kubeconfig
+    )
     try:
         agent.start()
         for ns in (namespace, other):
@@ -502,13 +504,14 @@ def test_a_namespace_restricted_agent_needs_only_a_role_and_ignores_other_namesp
         control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
+@pytest.mark.parametrize("nvml", NVML_BACKENDS)
 def test_the_cgroup_mapping_finds_pods_from_gpu_processes(
-    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str, nvml: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
     proc = tmp_path / "proc"
     agent, server = _start_agent(
-        control_plane, tmp_path, ["--gpu-mapping", "cgroup", "--proc-root", str(proc)]
+        control_plane, tmp_path, ["--gpu-mapping", "cgroup", "--proc-root", str(proc)], nvml=nvml
     )
     server.stop()  # no kubelet socket: the agent finds pods through NVML processes and their cgroups
     try:
