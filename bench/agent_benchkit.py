@@ -44,7 +44,7 @@ def control_plane_with_crd() -> Iterator[ControlPlane]:
         raise SystemExit("the envtest control-plane kit is missing (see ../shared/envtest)") from None
     try:
         cp.kubectl("apply", "-f", str(ROOT / "crds" / "gpupowerbudgets.yaml"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/gpupowerbudgets.gpupower.dev", "--timeout=30s")
+        cp.wait_established("gpupowerbudgets.gpupower.dev")
         cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
         yield cp
     finally:

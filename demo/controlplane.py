@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,6 +162,26 @@ class ControlPlane:
             }
         )
         return name
+
+    def wait_established(self, crd: str, timeout_seconds: float = 30.0) -> None:
+        """Wait until the CustomResourceDefinition ``crd`` serves its resource.
+
+        (``kubectl wait --for=condition=Established`` fails outright on a CRD whose
+        status has no conditions yet, which happens right after it is created.)
+        """
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            status = self.get_json("crd", crd).get("status") or {}
+            if any(
+                c.get("type") == "Established" and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneUnavailable(
+                    f"CRD {crd} not Established within {timeout_seconds:g}s: {status}"
+                )
+            time.sleep(0.1)
 
     def ca_data(self) -> bytes:
         admin = yaml.safe_load(self.kubeconfig.read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.envtest import ControlPlane, start_control_plane, unique_name, wait_for
+from tests.envtest import ControlPlane, start_control_plane, unique_name
 
 
 @pytest.fixture(scope="session")
@@ -20,15 +20,7 @@ def crd_installed(control_plane: ControlPlane) -> ControlPlane:
     """The generated CRD applied to the control plane and established."""
     crd = Path(__file__).resolve().parents[1] / "crds" / "gpupowerbudgets.yaml"
     control_plane.kubectl("apply", "-f", str(crd))
-
-    def established() -> bool:
-        # (kubectl wait fails outright on a CRD whose status has no conditions yet.)
-        status = control_plane.get_json("crd", "gpupowerbudgets.gpupower.dev").get("status") or {}
-        return any(
-            c["type"] == "Established" and c["status"] == "True" for c in status.get("conditions") or []
-        )
-
-    wait_for(established, timeout=30, what="the CRD Established")
+    control_plane.wait_established("gpupowerbudgets.gpupower.dev")
     return control_plane
 
 
