@@ -12,14 +12,15 @@ What the GPUs hold is read from the fake GPUs' state files.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo.nodesim import NodeSimulator, running_simulators
 from gpupower_agent.cluster import PodKey
 from tests.e2e.agentkit import AgentProcess, agent_kubeconfig
-from tests.envtest import ControlPlane
+from tests.envtest import ControlPlane, unique_name
 
 
 @dataclass
@@ -50,25 +51,46 @@ class SimulatedFleet:
     start_seconds: float = 0.5
     agent_args: list[str] = field(default_factory=list)
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Each node's agent kubeconfig (node name, its directory); by default the shipped ServiceAccount's.
+    kubeconfig_for: Callable[[str, Path], Path] | None = None
     nodes: dict[str, SimulatedNode] = field(default_factory=dict, init=False)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
+    # Every node of the fleet carries this label: pods pinned with it land here, never on nodes other
+    # tests left in the cluster without an agent.
+    fleet_label: tuple[str, str] = field(
+        default_factory=lambda: ("gpupower.test/fleet", unique_name("fleet"))
+    )
+
+    @property
+    def node_selector(self) -> dict[str, str]:
+        return {self.fleet_label[0]: self.fleet_label[1]}
 
     def start(self) -> SimulatedFleet:
         try:
             for name in self.node_names:
-                self.control_plane.add_node(name, gpus=self.gpus, labels=dict(self.labels.get(name, {})))
+                labels = {**self.labels.get(name, {}), **self.node_selector}
+                self.control_plane.add_node(name, gpus=self.gpus, labels=labels)
                 workdir = self.root / name
                 workdir.mkdir(parents=True, exist_ok=True)
+                # A unix socket path has at most 107 characters: keep it short, out of the test's tree.
+                sockets = Path(
+                    self._stack.enter_context(tempfile.TemporaryDirectory(prefix="gpk-", dir="/tmp"))
+                )
                 simulator = NodeSimulator(
                     name,
                     self.gpus,
-                    workdir / "pod-resources" / "kubelet.sock",
+                    sockets / "kubelet.sock",
                     admit_seconds=self.admit_seconds,
                     start_seconds=self.start_seconds,
                 )
+                kubeconfig = (
+                    self.kubeconfig_for(name, workdir)
+                    if self.kubeconfig_for is not None
+                    else agent_kubeconfig(self.control_plane, workdir, name)
+                )
                 agent = AgentProcess(
                     node_name=name,
-                    kubeconfig=agent_kubeconfig(self.control_plane, workdir, name),
+                    kubeconfig=kubeconfig,
                     workdir=workdir,
                     socket_path=simulator.socket_path,
                     gpus=self.gpus,

@@ -130,6 +130,12 @@ class Sampler:
             raise AssertionError(f"the sampler failed: {self._error!r}") from self._error
 
 
+def pinned(rig: Rig, name: str, ns: str, replicas: int, pool: str | None = None) -> dict[str, Any]:
+    """A GPU Deployment whose pods land on the rig's nodes (or on one node's pool)."""
+    selector = {"gpupower.test/pool": pool} if pool else rig.fleet.node_selector
+    return gpu_deployment(name, ns, replicas, node_selector=selector)
+
+
 def settle(cp: ControlPlane, ns: str, app: str) -> None:
     """Wait until every pod of ``app`` runs (its containers start well after its GPUs were allocated)."""
     wait_for(
@@ -149,7 +155,7 @@ def test_scaling_up_caps_every_new_replica_before_it_draws_and_the_fleet_never_p
     rig: Rig, ns: str
 ) -> None:
     cp, fleet = rig.control_plane, rig.fleet
-    cp.apply(gpu_deployment("decode", ns, 2))
+    cp.apply(pinned(rig, "decode", ns, 2))
     small = budget("llm", ns, 1200, [target("decode", "decode", demand=20, max_replicas=8)])
     cp.apply(small)
     wait_ready(cp, ns, "llm", timeout=60)
@@ -188,7 +194,7 @@ def test_scaling_up_caps_every_new_replica_before_it_draws_and_the_fleet_never_p
 
 def test_a_pod_that_edits_its_annotations_never_holds_more_than_its_grant(rig: Rig, ns: str) -> None:
     cp, fleet = rig.control_plane, rig.fleet
-    cp.apply(gpu_deployment("decode", ns, 1))
+    cp.apply(pinned(rig, "decode", ns, 1))
     doc = budget("llm", ns, 1200, [target("decode", "decode", demand=20, max_replicas=1)])
     cp.apply(doc)
     preview = budget("preview", ns, 5000, [target("decode", "decode", demand=20, max_replicas=1)], "Advisory")
@@ -217,8 +223,8 @@ def test_a_node_whose_agent_stopped_holds_back_the_raise_on_the_other_node_until
     first, second = fleet.node_names
     cp.apply(
         [
-            gpu_deployment("a", ns, 4, node_selector={"gpupower.test/pool": rig.pools[first]}),
-            gpu_deployment("b", ns, 1, node_selector={"gpupower.test/pool": rig.pools[second]}),
+            pinned(rig, "a", ns, 4, rig.pools[first]),
+            pinned(rig, "b", ns, 1, rig.pools[second]),
         ]
     )
     high = budget("llm", ns, 2000, [target("a", "a", demand=40, max_replicas=6), target("b", "b", 10, 1, 6)])
@@ -259,7 +265,7 @@ def test_a_node_whose_agent_stopped_holds_back_the_raise_on_the_other_node_until
 
 def test_a_gated_replica_turns_ready_only_once_its_cap_holds(rig: Rig, ns: str, tmp_path: Path) -> None:
     cp = rig.control_plane
-    deployment = gpu_deployment("gated", ns, 1)
+    deployment = pinned(rig, "gated", ns, 1)
     deployment["spec"]["template"]["spec"]["readinessGates"] = [{"conditionType": "gpupower.dev/PowerCapped"}]
     cp.apply(deployment)
     cp.apply(budget("llm", ns, 1200, [target("gated", "gated", demand=20, max_replicas=1)]))

@@ -121,6 +121,11 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def pinned(harness: Harness, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A GPU Deployment whose pods land on the harness's nodes (each with an agent)."""
+    return gpu_deployment(*args, node_selector=harness.fleet.node_selector, **kwargs)
+
+
 # ---------------------------------------------------------------------------
 # Replaying recorded writes through the fleet power model
 
@@ -185,7 +190,7 @@ def test_a_budget_over_two_deployments_gets_its_plan_in_status_and_caps_on_every
     harness: Harness, ns: str, tmp_path: Path
 ) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 2), gpu_deployment("decode", ns, 2, gpus=2)])
+    cp.apply([pinned(harness, "prefill", ns, 2), pinned(harness, "decode", ns, 2, gpus=2)])
     doc = budget(
         "llm",
         ns,
@@ -278,7 +283,7 @@ def test_lowering_the_budget_moves_caps_and_replicas_without_ever_exceeding_it(
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 3), gpu_deployment("decode", ns, 3)])
+    cp.apply([pinned(harness, "prefill", ns, 3), pinned(harness, "decode", ns, 3)])
     targets = [target("prefill", "prefill", demand=60), target("decode", "decode", demand=50)]
     high = budget("llm", ns, 3200, targets)
     apps = {"prefill": "prefill", "decode": "decode"}
@@ -310,7 +315,7 @@ def test_lowering_the_budget_moves_caps_and_replicas_without_ever_exceeding_it(
 
 def test_a_replica_added_by_hand_gets_its_cap_within_a_second(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply(gpu_deployment("decode", ns, 2))
+    cp.apply(pinned(harness, "decode", ns, 2))
     doc = budget("llm", ns, 2000, [target("decode", "decode", demand=20)])
     cp.apply(doc)
     the_plan = expected_plan(doc)
@@ -368,7 +373,7 @@ def test_a_replica_added_by_hand_gets_its_cap_within_a_second(harness: Harness, 
 
 def test_advisory_writes_nothing_outside_the_budget_status(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 1)])
+    cp.apply([pinned(harness, "prefill", ns, 1)])
     doc = budget("llm", ns, 700, [target("prefill", "prefill", demand=30)], mode="Advisory")
     the_plan = expected_plan(doc)
     assert the_plan.target("prefill").replicas != 1, (
@@ -412,7 +417,7 @@ def test_two_budgets_over_one_pod_the_older_owns_it_and_the_younger_reports_conf
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply(gpu_deployment("shared", ns, 2))
+    cp.apply(pinned(harness, "shared", ns, 2))
     first = budget("first", ns, 2000, [target("shared", "shared", demand=20)])
     cp.apply(first)
     wait_ready(cp, ns, "first")
@@ -438,7 +443,7 @@ def test_two_budgets_over_one_pod_the_older_owns_it_and_the_younger_reports_conf
 
 def test_deleting_a_budget_removes_its_annotations_and_leaves_replicas(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply(gpu_deployment("decode", ns, 1))
+    cp.apply(pinned(harness, "decode", ns, 1))
     doc = budget("llm", ns, 2000, [target("decode", "decode", demand=25)])
     cp.apply(doc)
     the_plan = expected_plan(doc)
@@ -457,7 +462,7 @@ def test_an_invalid_spec_that_slipped_past_the_schema_gives_ready_false_naming_t
     harness: Harness, ns: str, tmp_path: Path
 ) -> None:
     cp = harness.control_plane
-    cp.apply(gpu_deployment("decode", ns, 1))
+    cp.apply(pinned(harness, "decode", ns, 1))
     crd = cp.get_json("crd", "gpupowerbudgets.gpupower.dev")
     relaxed = copy.deepcopy(crd)
     for key in ("status", "metadata"):
@@ -503,7 +508,7 @@ def test_a_missing_workload_gives_targets_resolved_false_until_it_appears(harnes
     found = wait_for(unresolved, timeout=20, what="TargetsResolved=False")
     assert found["reason"] == "WorkloadNotFound"
     assert "ghost" in found["message"] and "target decode" in found["message"]
-    cp.apply(gpu_deployment("ghost", ns, 1))
+    cp.apply(pinned(harness, "ghost", ns, 1))
     wait_ready(cp, ns, "llm", timeout=30)
     assert condition(get_budget(cp, ns, "llm"), "TargetsResolved")["status"] == "True"  # type: ignore[index]
 
@@ -512,7 +517,7 @@ def test_injected_500s_and_409s_are_retried_until_the_plan_is_enforced_safely(
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 3), gpu_deployment("decode", ns, 1)])
+    cp.apply([pinned(harness, "prefill", ns, 3), pinned(harness, "decode", ns, 1)])
     apps = {"prefill": "prefill", "decode": "decode"}
     doc = budget(
         "llm", ns, 1600, [target("prefill", "prefill", demand=30), target("decode", "decode", demand=40)]
@@ -554,7 +559,7 @@ def test_an_operator_killed_in_the_middle_of_a_reconcile_converges_after_restart
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 3), gpu_deployment("decode", ns, 3)])
+    cp.apply([pinned(harness, "prefill", ns, 3), pinned(harness, "decode", ns, 3)])
     apps = {"prefill": "prefill", "decode": "decode"}
     high = budget(
         "llm", ns, 3200, [target("prefill", "prefill", demand=60), target("decode", "decode", demand=50)]
