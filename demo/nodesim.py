@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,15 @@ class Allocation:
     allocated_at: float
 
 
+@dataclass(frozen=True)
+class Steps:
+    """When the simulated kubelet took each step for a pod (``time.monotonic()``; None: not yet)."""
+
+    allocated_at: float | None = None
+    started_at: float | None = None
+    ready_at: float | None = None
+
+
 @dataclass
 class NodeSimulator:
     """One simulated node; run it with :meth:`run` in an event loop."""
@@ -96,6 +105,7 @@ class NodeSimulator:
     _held: dict[PodKey, Allocation] = field(default_factory=dict, init=False)
     _seen: set[PodKey] = field(default_factory=set, init=False)
     _running: set[PodKey] = field(default_factory=set, init=False)
+    _steps: dict[PodKey, Steps] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +126,18 @@ class NodeSimulator:
         """Every pod holding GPUs now, with when they were allocated."""
         with self._lock:
             return dict(self._held)
+
+    def steps(self) -> dict[PodKey, Steps]:
+        """When each pod seen so far was allocated its GPUs, started and turned Ready."""
+        with self._lock:
+            return dict(self._steps)
+
+    def _step(self, key: PodKey, **when: float) -> None:
+        with self._lock:
+            before = self._steps.get(key, Steps())
+            self._steps[key] = replace(
+                before, **{k: v for k, v in when.items() if getattr(before, k) is None}
+            )
 
     def stop(self) -> None:
         self._server.stop()
@@ -188,6 +210,7 @@ class NodeSimulator:
                 return
             uuids, self._free = self._free[:wanted], self._free[wanted:]
             self._held[key] = Allocation(tuple(uuids), time.monotonic())
+            self._steps[key] = Steps(allocated_at=self._held[key].allocated_at)
         # The kubelet allocates the devices when it admits the pod, before any container starts.
         self._server.allocate(key, uuids)
         now = _now()
@@ -233,6 +256,7 @@ class NodeSimulator:
             self._release(key)
             return
         now = _now()
+        ready = readiness_gates_pass(pod)
         started = await self._patch_status(
             api,
             key,
@@ -242,7 +266,7 @@ class NodeSimulator:
                 "podIP": "127.0.0.1",
                 "conditions": [
                     _condition("ContainersReady", True, now),
-                    _condition("Ready", readiness_gates_pass(pod), now),
+                    _condition("Ready", ready, now),
                 ],
                 "containerStatuses": [
                     {
@@ -261,12 +285,18 @@ class NodeSimulator:
             with self._lock:
                 if key in self._held:
                     self._running.add(key)
+            at = time.monotonic()
+            self._step(key, started_at=at, **({"ready_at": at} if ready else {}))
 
     async def _evaluate_readiness(self, api: client.CoreV1Api, key: PodKey, pod: dict[str, Any]) -> None:
         """Ready follows the containers (ready since started) and every readiness gate."""
         ready = "True" if readiness_gates_pass(pod) else "False"
         if _ready(pod) != ready:
-            await self._patch_status(api, key, {"conditions": [_condition("Ready", ready == "True", _now())]})
+            patched = await self._patch_status(
+                api, key, {"conditions": [_condition("Ready", ready == "True", _now())]}
+            )
+            if patched and ready == "True":
+                self._step(key, ready_at=time.monotonic())
 
     def _release(self, key: PodKey) -> None:
         with self._lock:
