@@ -35,7 +35,25 @@ def target_status(profile: Profile) -> dict[str, Any]:
     }
 
 
-def note(target: str, profile: Profile) -> str | None:
+def document(profile: Profile) -> dict[str, Any]:
+    """The same fields as plain camelCase data, for ``gpupower plan -o json|yaml``."""
+    raised = raised_points(profile)
+    return {
+        "profileSource": str(profile.origin()),
+        "profileAdjusted": bool(raised),
+        "profileRaisedPoints": [
+            {
+                "index": r.index,
+                "watts": r.watts,
+                "throughput": r.throughput,
+                "usedThroughput": r.used_throughput,
+            }
+            for r in raised
+        ],
+    }
+
+
+def note(target: str | None, profile: Profile) -> str | None:
     """One line saying which points of a target's profile the plan raised, or None."""
     raised = raised_points(profile)
     if not raised:
@@ -43,9 +61,9 @@ def note(target: str, profile: Profile) -> str | None:
     points = "; ".join(
         f"points[{r.index}] at {r.watts:g} W from {r.throughput:g} to {r.used_throughput:g}" for r in raised
     )
+    whose = f"target {target}: profile" if target is not None else "profile"
     return (
-        f"target {target}: profile adjusted, a higher cap never serves less than a lower one: "
-        f"raised {points} {profile.unit}"
+        f"{whose} adjusted, a higher cap never serves less than a lower one: raised {points} {profile.unit}"
     )
 
 
