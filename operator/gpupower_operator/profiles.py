@@ -37,19 +37,12 @@ def target_status(profile: Profile) -> dict[str, Any]:
 
 def document(profile: Profile) -> dict[str, Any]:
     """The same fields as plain camelCase data, for ``gpupower plan -o json|yaml``."""
-    raised = raised_points(profile)
+    status = target_status(profile)
+    raised: list[RaisedPoint] = status["profile_raised_points"] or []
     return {
-        "profileSource": str(profile.origin()),
-        "profileAdjusted": bool(raised),
-        "profileRaisedPoints": [
-            {
-                "index": r.index,
-                "watts": r.watts,
-                "throughput": r.throughput,
-                "usedThroughput": r.used_throughput,
-            }
-            for r in raised
-        ],
+        "profileSource": status["profile_source"],
+        "profileAdjusted": status["profile_adjusted"],
+        "profileRaisedPoints": [r.model_dump(by_alias=True) for r in raised],
     }
 
 
