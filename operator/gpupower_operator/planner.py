@@ -298,6 +298,9 @@ def _throughputs_on_grid(profile: Sequence[ProfilePoint], grid: Sequence[int]) -
             map(add, repeat(low.throughput), map(mul, shares, repeat(high.throughput - low.throughput)))
         )
     values.extend(repeat(max(p.throughput for p in profile), len(grid) - end))
+    if not raised_points(profile):
+        # Nothing dips: every value is already at least the best point below it (x + y >= x for y >= 0).
+        return values
     # The envelope: no cap below the best of the points at or below it.
     best_below = list(accumulate((p.throughput for p in profile), max))
     point_watts = [p.watts for p in profile]
