@@ -57,7 +57,7 @@ from gpupower_api.models import (
 )
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 from gpupower_operator import conditions as cond
-from gpupower_operator import inventory
+from gpupower_operator import inventory, profiles
 from gpupower_operator.planner import Plan
 from gpupower_operator.signals import METRICS_AVAILABLE, Signals
 
@@ -611,6 +611,10 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     targets = [
         t.model_copy(update=inventory.target_status(ranges[t.name])) if t.name in ranges else t
         for t in targets
+    ]
+    targets = [
+        t.model_copy(update=profiles.target_status(target.profile))
+        for t, target in zip(targets, spec.targets, strict=True)
     ]
 
     updates: list[cond.ConditionUpdate] = []

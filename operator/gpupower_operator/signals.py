@@ -231,7 +231,7 @@ def _observation(
     planned = old_status.target(target.name) if old_status is not None else None
     if planned is None or enforced_for_seconds is None or enforced_for_seconds < settle_seconds(target):
         return None
-    profile = tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.points)
+    profile = tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.curve())
     predicted = planned.planned_replicas * throughput_at(profile, planned.cap_watts)
     watts_per_gpu = (
         reading.power_watts / reading.gpus_reporting

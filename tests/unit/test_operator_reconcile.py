@@ -431,7 +431,7 @@ def test_an_infeasible_budget_holds_the_floor_and_says_by_how_much() -> None:
 def test_a_planned_cap_the_pod_contract_cannot_carry_is_reported_against_the_cap_range() -> None:
     spec = spec_dict()
     spec["targets"][0]["capWatts"] = {"min": 20000, "max": 20000}
-    spec["targets"][0]["profile"]["points"] = [{"watts": 20000, "throughput": 10}]
+    spec["targets"][0]["profile"]["points"] = [{"watts": 10000, "throughput": 10}]
     error = rc.cap_error(parse_spec(spec), planned(spec))
     assert error is not None and error.field == "spec.targets[0].capWatts.max"
 
@@ -574,3 +574,34 @@ def test_enforced_pods_and_watts_come_from_the_reports_not_the_annotations() -> 
     )
     assert all(t.pods_enforced == t.planned_replicas for t in confirmed_all.status.targets)
     assert confirmed_all.status.enforced_watts == planned(spec).watts
+
+
+def test_the_status_says_per_target_where_its_profile_came_from_and_which_points_were_raised() -> None:
+    spec = spec_dict()
+    spec["targets"][0]["profile"] = {
+        "points": [
+            {"watts": 200, "throughput": 10},
+            {"watts": 300, "throughput": 14.2},
+            {"watts": 350, "throughput": 14.1},
+            {"watts": 400, "throughput": 16},
+        ]
+    }
+    spec["targets"][1]["profile"] = {"preset": "decode", "peakThroughput": 9, "maxWatts": 400}
+    observed = rc.Observed(BUDGET, parse_spec(spec), None, workloads({"prefill": 1, "decode": 1}), [])
+    status = rc.reconcile(observed, planned(spec), NOW).status
+    prefill, decode = status.target("prefill"), status.target("decode")
+    assert prefill is not None and decode is not None
+    assert (prefill.profile_source, prefill.profile_adjusted) == ("Points", True)
+    assert [
+        (r.index, r.watts, r.throughput, r.used_throughput) for r in prefill.profile_raised_points or []
+    ] == [(2, 350, 14.1, 14.2)]
+    assert (decode.profile_source, decode.profile_adjusted, decode.profile_raised_points) == (
+        "Preset",
+        False,
+        None,
+    )
+    body = rc.status_body(status)
+    assert body["targets"][0]["profileRaisedPoints"] == [
+        {"index": 2, "watts": 350.0, "throughput": 14.1, "usedThroughput": 14.2}
+    ]
+    assert "profileRaisedPoints" not in body["targets"][1]
