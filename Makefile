@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ENVTEST_KIT ?= $(abspath ../shared/envtest)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install crds docs monitoring prometheus lint format envtest test test-unit test-cluster demo demo-prometheus bench clean requirements images
+.PHONY: help install crds docs monitoring prometheus lint format envtest nvmlstub test test-unit test-cluster demo demo-prometheus bench clean requirements images
 
 help:
 	@echo "make demo   - install, then run the operator and agents on a local control plane with simulated GPUs"
@@ -69,7 +69,15 @@ prometheus:
 	@prometheus --version 2>&1 | head -1
 	@promtool --version 2>&1 | head -1
 
-test: install lint envtest prometheus
+# The stand-in libnvidia-ml.so.1 the tests load through pynvml to run the agent's real NVML path.
+NVMLSTUB := tests/nvmlstub/build/libnvidia-ml.so.1
+$(NVMLSTUB): tests/nvmlstub/nvmlstub.c
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden -Wl,-soname,libnvidia-ml.so.1 -o $@ $< -lpthread
+
+nvmlstub: $(NVMLSTUB)
+
+test: install lint envtest prometheus nvmlstub
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(VENV)/bin/pytest -q -p no:cacheprovider
 
 test-unit: install
@@ -102,7 +110,7 @@ images:
 	docker build -f Dockerfile.agent -t ghcr.io/gpupower/gpupower-agent:$(IMAGE_TAG) .
 
 # Benchmarks print figures beside a baseline measured in the same run (not part of make test).
-bench: install envtest
+bench: install envtest nvmlstub
 	$(PY) bench/plan_quality.py
 	$(PY) bench/plan_speed.py
 	$(PY) bench/agent_reconcile.py

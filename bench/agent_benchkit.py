@@ -44,7 +44,7 @@ def control_plane_with_crd() -> Iterator[ControlPlane]:
         raise SystemExit("the envtest control-plane kit is missing (see ../shared/envtest)") from None
     try:
         cp.kubectl("apply", "-f", str(ROOT / "crds" / "gpupowerbudgets.yaml"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/gpupowerbudgets.gpupower.dev", "--timeout=30s")
+        cp.wait_established("gpupowerbudgets.gpupower.dev")
         cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
         yield cp
     finally:
@@ -69,17 +69,21 @@ def budget_with_grant(cp: ControlPlane, name: str = BUDGET, grant_watts: int = 7
 
 
 def start_node_agent(
-    cp: ControlPlane, workdir: Path, node: str, extra_args: list[str] | None = None
+    cp: ControlPlane, workdir: Path, node: str, extra_args: list[str] | None = None, nvml: str = "fake"
 ) -> AgentProcess:
-    """The real agent for ``node`` under its own ServiceAccount, with fake H100s (not started)."""
+    """The real agent for ``node`` under its own ServiceAccount, with H100s (not started).
+
+    ``nvml="fake"``: the fake NVML; ``"stub"``: the real NVML adapter on the stand-in library.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     cp.add_node(node, gpus=8)
     return AgentProcess(
         node_name=node,
-        kubeconfig=agent_kubeconfig(cp, workdir),
+        kubeconfig=agent_kubeconfig(cp, workdir, node),
         workdir=workdir,
         socket_path=workdir / "kubelet.sock",
         extra_args=extra_args or [],
+        nvml=nvml,
     )
 
 

@@ -270,9 +270,7 @@ def main() -> int:
         operator: subprocess.Popen[bytes] | None = None
         try:
             plane.kubectl("apply", "-f", str(ROOT / "crds" / "gpupowerbudgets.yaml"))
-            plane.kubectl(
-                "wait", "--for=condition=Established", "crd/gpupowerbudgets.gpupower.dev", "--timeout=60s"
-            )
+            plane.wait_established("gpupowerbudgets.gpupower.dev", timeout_seconds=60)
             plane.kubectl("create", "namespace", "gpupower-system")
             plane.kubectl("apply", "-f", str(ROOT / "manifests" / "operator" / "rbac.yaml"))
             total_pods = args.budgets * args.pods_per_budget

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,9 +114,18 @@ class ControlPlane:
             args += ["--label", f"{key}={value}"]
         subprocess.run(args, check=True, capture_output=True, text=True, timeout=60)
 
-    def service_account_kubeconfig(self, namespace: str, name: str, directory: Path) -> Path:
-        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` with a bound token."""
-        token = self.kubectl("create", "token", name, "-n", namespace, "--duration", "2h").stdout.strip()
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, directory: Path, bound_pod: str | None = None
+    ) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` with a bound token.
+
+        With ``bound_pod`` (a pod in ``namespace``) the token is bound to that pod, as
+        the token projected into a pod is: the API server then knows the pod's node.
+        """
+        bind = ["--bound-object-kind", "Pod", "--bound-object-name", bound_pod] if bound_pod else []
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, "--duration", "2h", *bind
+        ).stdout.strip()
         admin = yaml.safe_load(self.kubeconfig.read_text())
         cluster = admin["clusters"][0]
         config = {
@@ -126,9 +136,52 @@ class ControlPlane:
             "contexts": [{"name": name, "context": {"cluster": cluster["name"], "user": name}}],
             "current-context": name,
         }
-        path = directory / f"kubeconfig-{namespace}-{name}"
+        path = directory / f"kubeconfig-{namespace}-{name}{'-' + bound_pod if bound_pod else ''}"
         path.write_text(yaml.safe_dump(config))
         return path
+
+    def daemon_pod(self, namespace: str, name: str, account: str, node: str) -> str:
+        """A pod of a DaemonSet-like program on ``node`` (it never runs: there is no kubelet), for a
+        token bound to it; the pod's name."""
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {"app.kubernetes.io/name": account},
+                },
+                "spec": {
+                    "nodeName": node,
+                    "serviceAccountName": account,
+                    "terminationGracePeriodSeconds": 0,
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{"name": "main", "image": "registry.invalid/gpupower:0"}],
+                },
+            }
+        )
+        return name
+
+    def wait_established(self, crd: str, timeout_seconds: float = 30.0) -> None:
+        """Wait until the CustomResourceDefinition ``crd`` serves its resource.
+
+        (``kubectl wait --for=condition=Established`` fails outright on a CRD whose
+        status has no conditions yet, which happens right after it is created.)
+        """
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            status = self.get_json("crd", crd).get("status") or {}
+            if any(
+                c.get("type") == "Established" and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneUnavailable(
+                    f"CRD {crd} not Established within {timeout_seconds:g}s: {status}"
+                )
+            time.sleep(0.1)
 
     def ca_data(self) -> bytes:
         admin = yaml.safe_load(self.kubeconfig.read_text())

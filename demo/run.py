@@ -11,7 +11,6 @@ constraints: 200-700 W, default 700 W).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import signal
@@ -22,15 +21,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client, config
+import yaml
 
 from demo.controlplane import REPO, ControlPlane, ControlPlaneUnavailable, running_control_plane, source_env
-from demo.nodesim import NodeSimulator
+from demo.nodesim import NodeSimulator, running_simulators
 from gpupower_api.contract import POWER_LIMIT_ANNOTATION
 
 DEMO = Path(__file__).resolve().parent
@@ -118,31 +117,8 @@ def simulated_nodes(
         directory.mkdir(parents=True)
         simulator = NodeSimulator(name, GPUS_PER_NODE, directory / "pod-resources" / "kubelet.sock")
         nodes.append(Node(name, directory, simulator))
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    async def run_all() -> None:
-        await config.load_kube_config(config_file=str(cp.kubeconfig))
-        async with client.ApiClient() as api_client:
-            api = client.CoreV1Api(api_client)
-            runs = asyncio.gather(*(node.simulator.run(api, stop) for node in nodes))
-            # Stop at once, not when each simulator's pod watch next wakes up (up to 30 s later).
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({runs, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            runs.cancel()
-            stopping.cancel()
-            with suppress(asyncio.CancelledError):
-                await runs
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(run_all(),), daemon=True)
-    thread.start()
-    try:
+    with running_simulators(cp.kubeconfig, [node.simulator for node in nodes]):
         yield Fleet(nodes)
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=40)
-        for node in nodes:
-            node.simulator.stop()
 
 
 @contextmanager
@@ -163,12 +139,13 @@ def process(args: list[str], env: dict[str, str], log_file: Path) -> Iterator[su
 
 
 def install(cp: ControlPlane) -> None:
-    """The CRD and RBAC from manifests/, and the workloads."""
+    """The CRD, RBAC and the agent's admission policy from manifests/, and the workloads."""
     cp.kubectl("apply", "-f", str(REPO / "crds" / "gpupowerbudgets.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "agent" / "rbac.yaml"))
-    cp.kubectl("wait", "--for=condition=Established", "crd/gpupowerbudgets.gpupower.dev", "--timeout=30s")
+    cp.kubectl("apply", "-f", str(REPO / "manifests" / "agent" / "admission-policy.yaml"))
+    cp.wait_established("gpupowerbudgets.gpupower.dev")
     cp.kubectl("create", "namespace", NAMESPACE)
     cp.kubectl("apply", "-f", str(DEMO / "workloads.yaml"))
 
@@ -246,6 +223,22 @@ class Sampler:
         return max(sample.watts for sample in self.samples)
 
 
+def wait_ready_pods(cp: ControlPlane, timeout_seconds: float) -> None:
+    """Wait until every worker pod is Ready (its containers run and its readiness gates pass)."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        pods = json.loads(cp.kubectl("get", "pods", "-n", NAMESPACE, "-o", "json").stdout)["items"]
+        ready = [
+            any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+        if ready and all(ready):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"worker pods not Ready after {timeout_seconds:g}s")
+
+
 def wait_converged(cp: ControlPlane, fleet: Fleet, timeout_seconds: float) -> float:
     start = time.monotonic()
     last = ""
@@ -259,8 +252,27 @@ def wait_converged(cp: ControlPlane, fleet: Fleet, timeout_seconds: float) -> fl
 
 
 @dataclass(frozen=True)
+class NewReplica:
+    """A replica added when the budget went back up: when its kubelet took each step, and when its GPUs
+    first held its cap (seconds after the GPUs were allocated; None: never seen)."""
+
+    pod: str
+    capped_after: float | None
+    started_after: float | None
+    ready_after: float | None
+
+    @property
+    def ready_only_once_capped(self) -> bool:
+        return (
+            self.ready_after is not None
+            and self.capped_after is not None
+            and self.capped_after <= self.ready_after
+        )
+
+
+@dataclass(frozen=True)
 class DemoResult:
-    """What the demo measured while the budget was lowered."""
+    """What the demo measured while the budget was lowered, and raised again."""
 
     before_watts: int
     peak_watts: int
@@ -268,10 +280,87 @@ class DemoResult:
     budget_watts: int
     converge_seconds: float
     samples: int
+    raised_peak_watts: int = 0
+    raised_budget_watts: int = 0
+    new_replicas: tuple[NewReplica, ...] = ()
 
     @property
     def no_overshoot(self) -> bool:
-        return self.peak_watts <= self.before_watts and self.after_watts <= self.budget_watts
+        return (
+            self.peak_watts <= self.before_watts
+            and self.after_watts <= self.budget_watts
+            and self.raised_peak_watts <= self.raised_budget_watts
+        )
+
+    @property
+    def gated(self) -> bool:
+        """Every new replica turned Ready only once its GPUs held its cap."""
+        return bool(self.new_replicas) and all(r.ready_only_once_capped for r in self.new_replicas)
+
+
+class CapWatcher:
+    """Notes, every 10 ms, when each new pod's GPUs first hold at most their role's cap."""
+
+    def __init__(self, fleet: Fleet, caps: dict[str, int], known: set[str]) -> None:
+        self.fleet = fleet
+        self.caps = caps  # role -> planned cap
+        self.known = known  # pods that existed before
+        self.capped_at: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for node in self.fleet.nodes:
+                limits = node.gpu_limits()
+                for pod, allocation in node.simulator.allocations().items():
+                    role = pod.name.removeprefix("llama-70b-").split("-", 1)[0]
+                    if pod.namespace != NAMESPACE or pod.name in self.known or pod.name in self.capped_at:
+                        continue
+                    held = [limits.get(uuid, {}).get("limitWatts") for uuid in allocation.gpu_uuids]
+                    if role in self.caps and all(w is not None and w <= self.caps[role] for w in held):
+                        self.capped_at[pod.name] = time.monotonic()
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> CapWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def replicas(self) -> list[NewReplica]:
+        rows = []
+        for node in self.fleet.nodes:
+            for pod, steps in node.simulator.steps().items():
+                if pod.namespace != NAMESPACE or pod.name in self.known or steps.allocated_at is None:
+                    continue
+                base = steps.allocated_at
+
+                def after(moment: float | None, base: float = base) -> float | None:
+                    return None if moment is None else moment - base
+
+                rows.append(
+                    NewReplica(
+                        pod.name,
+                        after(self.capped_at.get(pod.name)),
+                        after(steps.started_at),
+                        after(steps.ready_at),
+                    )
+                )
+        return sorted(rows, key=lambda r: r.pod)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
+
+
+def print_new_replicas(replicas: list[NewReplica]) -> None:
+    say(f"{'NEW REPLICA':<34} {'GPU CAPPED':>10} {'STARTED':>9} {'READY':>9}   (after GPUs were allocated)")
+    for row in replicas:
+        capped, started, ready = (_ms(s) for s in (row.capped_after, row.started_after, row.ready_after))
+        say(f"{row.pod:<34} {capped:>10} {started:>9} {ready:>9}")
 
 
 def print_gpus(fleet: Fleet) -> None:
@@ -294,8 +383,14 @@ def run_demo(lower_to_watts: int, timeout_seconds: float) -> DemoResult:
         fleet = stack.enter_context(simulated_nodes(cp, root / "nodes"))
         say(f"[simulated] nodes {', '.join(NODES)}: {GPUS_PER_NODE} x {GPU_MODEL} each")
         operator_kubeconfig = cp.service_account_kubeconfig("gpupower-system", "gpupower-operator", root)
-        agent_kubeconfig = cp.service_account_kubeconfig("gpupower-system", "gpupower-agent", root)
         for node in fleet.nodes:
+            # The token a DaemonSet pod on the node gets: bound to that pod, so it names the node.
+            agent_pod = cp.daemon_pod(
+                "gpupower-system", f"gpupower-agent-{node.name}", "gpupower-agent", node.name
+            )
+            agent_kubeconfig = cp.service_account_kubeconfig(
+                "gpupower-system", "gpupower-agent", node.directory, bound_pod=agent_pod
+            )
             stack.enter_context(
                 process(
                     [sys.executable, "-m", "gpupower_agent", "--node-name", node.name,
@@ -323,8 +418,12 @@ def run_demo(lower_to_watts: int, timeout_seconds: float) -> DemoResult:
         say("[real] gpupower operator running (ServiceAccount gpupower-operator)")
 
         say("\n$ kubectl apply -f demo/budget.yaml")
+        budget_doc = yaml.safe_load((DEMO / "budget.yaml").read_text())
         say(cp.kubectl("apply", "-f", str(DEMO / "budget.yaml")).stdout.strip())
         took = wait_converged(cp, fleet, timeout_seconds)
+        first_caps = [
+            {"role": t["name"], "capWatts": t["capWatts"]} for t in budget_status(cp)["status"]["targets"]
+        ]
         say(f"converged in {took:.1f}s\n\n$ kubectl get gpb -n {NAMESPACE}")
         say(cp.kubectl("get", "gpb", "-n", NAMESPACE).stdout.rstrip())
         say()
@@ -354,6 +453,31 @@ def run_demo(lower_to_watts: int, timeout_seconds: float) -> DemoResult:
             f"\nfleet power while moving: started at {before:,} W, peak {result.peak_watts:,} W, "
             f"ended at {after:,} W; new budget {lower_to_watts:,} W"
         )
+
+        # Back up: new replicas. Their pods carry readinessGates on gpupower.dev/PowerCapped
+        # (demo/workloads.yaml), so no traffic reaches one before its GPUs hold its cap.
+        raised_to = int(budget_doc["spec"]["totalWatts"])
+        caps = {t["role"]: t["capWatts"] for t in first_caps}
+        known = {pod.name for node in fleet.nodes for pod in node.simulator.steps()}
+        patch = json.dumps({"spec": {"totalWatts": raised_to}})
+        with Sampler(fleet) as raised, CapWatcher(fleet, caps, known) as watcher:
+            say(f"\n$ kubectl patch gpb {BUDGET} -n {NAMESPACE} --type merge -p '{patch}'")
+            cp.kubectl("patch", "gpb", BUDGET, "-n", NAMESPACE, "--type", "merge", "-p", patch)
+            took = wait_converged(cp, fleet, timeout_seconds)
+            wait_ready_pods(cp, timeout_seconds)
+        new_replicas = watcher.replicas()
+        result = replace(
+            result,
+            raised_peak_watts=raised.peak_watts,
+            raised_budget_watts=raised_to,
+            new_replicas=tuple(new_replicas),
+        )
+        say(f"converged in {took:.1f}s; fleet power peaked at {raised.peak_watts:,} W of {raised_to:,} W")
+        print_new_replicas(new_replicas)
+        if result.gated:
+            say("every new replica turned Ready only once its GPUs held its cap (gpupower.dev/PowerCapped)")
+        else:
+            say("READY TOO EARLY: a new replica turned Ready before its GPUs held its cap, or none was added")
         if result.no_overshoot:
             say("no overshoot: the fleet never went above where it started, and ends within the new budget")
         else:
@@ -375,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 0 if result.no_overshoot else 1
+    return 0 if result.no_overshoot and result.gated else 1
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ def crd_installed(control_plane: ControlPlane) -> ControlPlane:
     """The generated CRD applied to the control plane and established."""
     crd = Path(__file__).resolve().parents[1] / "crds" / "gpupowerbudgets.yaml"
     control_plane.kubectl("apply", "-f", str(crd))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/gpupowerbudgets.gpupower.dev", "--timeout=30s"
-    )
+    control_plane.wait_established("gpupowerbudgets.gpupower.dev")
     return control_plane
 
 

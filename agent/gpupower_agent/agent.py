@@ -3,7 +3,11 @@
 Level-triggered: every reconcile computes every GPU's limit from what is observed
 now, so a missed event or a restart never leaves a GPU wrong for long. Fail-safe:
 an unreadable API or mapping keeps the last caps; NVML errors are counted and
-retried with backoff per GPU.
+retried with backoff per GPU. Each reconcile also says, per managed pod, what its
+GPUs hold once the decisions are applied (the PowerCapped condition, read back
+from NVML), and which pods ask for GPUs the mapping does not show yet, so the
+loop can look again soon (the kubelet allocates a pod's devices after the agent
+first sees the pod).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from gpupower_agent.mapping import Assignments, GpuMapping, MappingError, resolv
 from gpupower_agent.metrics import AgentMetrics
 from gpupower_agent.nvml import Gpu, NvmlError, PowerControl
 from gpupower_agent.policy import Action, GpuDecision, GpuSnapshot, NodePlan, Reason, plan_node
+from gpupower_agent.powercapped import PodCondition, awaiting_devices, pod_conditions
 from gpupower_agent.state import CorruptStateError, load_state, save_state
 from gpupower_agent.trust import BudgetIndex, PodCap, Verdict, pod_cap
 
@@ -81,6 +86,15 @@ class TrustCache:
         return caps
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """One reconcile's outcome: the decisions, each managed pod's condition, the pods awaiting GPUs."""
+
+    plan: NodePlan
+    conditions: dict[PodKey, PodCondition]
+    awaiting_devices: frozenset[PodKey]
+
+
 def _pods_text(pods: Iterable[PodKey]) -> str:
     return ",".join(str(p) for p in pods) or "-"
 
@@ -97,6 +111,7 @@ class Agent:
         safe_default_watts: int,
         state_file: Path | None,
         clock: Callable[[], float] = time.monotonic,
+        device_wait_seconds: float = 300.0,
     ) -> None:
         self.node_name = node_name
         self.nvml = nvml
@@ -115,6 +130,9 @@ class Agent:
         self._reported_awaiting: set[PodKey] = set()
         self._reported_conflicts: dict[str, tuple[PodKey, ...]] = {}
         self._reported_clamps: set[tuple[str, int, int]] = set()
+        self.device_wait_seconds = device_wait_seconds
+        # Pods asking for GPUs the mapping does not show yet, and since when (by this agent's clock).
+        self._awaiting_since: dict[PodKey, float] = {}
         for gpu in self._gpus.values():
             self.metrics.gpu_managed.labels(gpu.uuid, str(gpu.index)).set(0)
             limit = self._read_limit(gpu)
@@ -178,6 +196,22 @@ class Agent:
     def next_retry_at(self) -> float | None:
         return min((r.next_attempt for r in self._retries.values()), default=None)
 
+    def looking_for_devices(self) -> bool:
+        """Whether a pod still awaits its GPUs within the wait bound (so the mapping is read again soon)."""
+        now = self._clock()
+        return any(now - since < self.device_wait_seconds for since in self._awaiting_since.values())
+
+    def _track_awaiting(self, awaiting: frozenset[PodKey]) -> None:
+        now = self._clock()
+        for key in awaiting - self._awaiting_since.keys():
+            log.info("event=pod_awaiting_devices pod=%s", key)
+        for key in self._awaiting_since.keys() - awaiting:
+            log.info(
+                "event=pod_devices_found pod=%s after_seconds=%.2f", key, now - self._awaiting_since[key]
+            )
+        self._awaiting_since = {key: self._awaiting_since.get(key, now) for key in awaiting}
+        self.metrics.pods_awaiting_devices.set(len(awaiting))
+
     async def _read_assignments(self) -> Assignments | None:
         try:
             assignments = await self.mapping.assignments()
@@ -203,7 +237,7 @@ class Agent:
             )
             return None
 
-    async def reconcile(self, pods: Collection[PodView], budgets: Iterable[BudgetView]) -> NodePlan | None:
+    async def reconcile(self, pods: Collection[PodView], budgets: Iterable[BudgetView]) -> Reconciled | None:
         """One full pass over the node's GPUs; None when the GPU mapping has never been readable."""
         started = time.perf_counter()
         assignments = await self._read_assignments()
@@ -219,8 +253,18 @@ class Agent:
         for decision in plan.decisions:
             limits[decision.uuid] = self._apply(decision, limits[decision.uuid])
         self._export(limits, on_gpu)
+        conditions = pod_conditions(
+            pods,
+            plan.pod_caps,
+            on_gpu,
+            {decision.uuid: decision for decision in plan.decisions},
+            limits,
+            {uuid: gpu.constraints.min_watts for uuid, gpu in self._gpus.items()},
+        )
+        awaiting = frozenset(awaiting_devices(pods, on_gpu))
+        self._track_awaiting(awaiting)
         self.metrics.reconcile_duration_seconds.observe(time.perf_counter() - started)
-        return plan
+        return Reconciled(plan, conditions, awaiting)
 
     def _report(self, plan: NodePlan) -> None:
         """Log and count what is new since the last reconcile (one line per change, not per tick)."""
@@ -336,8 +380,9 @@ class Agent:
             holders.extend((uuid, pod.namespace, pod.name) for pod in on_gpu.get(uuid, ()))
         self.metrics.set_gpu_pods(holders)
 
-    def restore_all(self) -> None:
-        """Give every GPU the agent capped its default limit back (on SIGTERM)."""
+    def restore_all(self) -> dict[str, int]:
+        """Give every GPU the agent capped its default limit back (on SIGTERM); the GPUs restored."""
+        restored: dict[str, int] = {}
         for uuid in sorted(self.managed):
             gpu = self._gpus[uuid]
             default = gpu.constraints.default_watts
@@ -358,7 +403,9 @@ class Agent:
                 log.error("event=restore_failed uuid=%s index=%d kind=%s", uuid, gpu.index, error.kind.value)
                 continue
             self.managed.discard(uuid)
+            restored[uuid] = default
         self._save_state()
+        return restored
 
 
 async def wait_for_wake(wake: asyncio.Event, timeout_seconds: float) -> None:

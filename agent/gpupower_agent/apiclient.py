@@ -1,7 +1,8 @@
-"""A small Kubernetes API client on asyncio streams: credentials, GET, watch streams, one merge PATCH.
+"""A small Kubernetes API client on asyncio streams: credentials, GET, watch streams, PATCH.
 
-The agent needs three calls of the API (list and watch, as raw JSON, and a merge
-patch of its own Node's inventory labels) and must stay
+The agent needs four calls of the API (list and watch, as raw JSON, a merge
+patch of its own Node's inventory labels, and a strategic merge patch of one
+condition in a pod's status) and must stay
 small on every GPU node; the generated kubernetes-asyncio client alone costs
 about 60 MiB of memory for its thousand model classes. This speaks HTTP/1.1
 over TLS, one connection per request, and finds credentials the usual way: in
@@ -196,16 +197,24 @@ class _Response:
 
 
 MERGE_PATCH = "application/merge-patch+json"
+# Merges lists by their key (a pod's conditions by type): one condition changes, the kubelet's stay.
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 
 class ApiClient:
-    """Requests to the API server (GET, and PATCH for the node inventory); each on its own connection."""
+    """Requests to the API server (GET, and PATCH for the node inventory and pod conditions); each on its own
+    connection."""
 
     def __init__(self, credentials: Credentials) -> None:
         self.credentials = credentials
 
     async def _request(
-        self, path: str, params: Mapping[str, str], method: str = "GET", body: bytes | None = None
+        self,
+        path: str,
+        params: Mapping[str, str],
+        method: str = "GET",
+        body: bytes | None = None,
+        content_type: str = MERGE_PATCH,
     ) -> _Response:
         creds = self.credentials
         reader, writer = await asyncio.wait_for(
@@ -227,7 +236,7 @@ class ApiClient:
                 "Connection: close",
             ]
             if body is not None:
-                lines += [f"Content-Type: {MERGE_PATCH}", f"Content-Length: {len(body)}"]
+                lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
             token = creds.bearer()
             if token:
                 lines.append(f"Authorization: Bearer {token}")
@@ -271,11 +280,17 @@ class ApiClient:
 
         return await asyncio.wait_for(fetch(), timeout_seconds)
 
-    async def merge_patch(self, path: str, patch: Mapping[str, Any], timeout_seconds: float) -> Any:
-        """PATCH ``path`` with a JSON merge patch; return the object the server answers with."""
+    async def merge_patch(
+        self,
+        path: str,
+        patch: Mapping[str, Any],
+        timeout_seconds: float,
+        content_type: str = MERGE_PATCH,
+    ) -> Any:
+        """PATCH ``path`` with a merge patch (or ``content_type``); return the object the server answers."""
 
         async def send() -> Any:
-            response = await self._request(path, {}, "PATCH", json.dumps(patch).encode())
+            response = await self._request(path, {}, "PATCH", json.dumps(patch).encode(), content_type)
             try:
                 body = b"".join([chunk async for chunk in _body_chunks(response, None)])
             finally:

@@ -13,6 +13,10 @@ cgroup driver and the QoS class:
   ``:runtime:id`` suffix (containerd's systemd cgroup paths).
 
 Static (mirror) pods have a 32-hex-digit UID without dashes.
+
+MIG: NVML's processes of a GPU in MIG mode are those of all its MIG devices
+(:meth:`~gpupower_agent.nvml.PowerControl.running_pids`), so a pod on any MIG
+device of a GPU is a pod on that GPU, which is where its power is capped.
 """
 
 from __future__ import annotations

@@ -1,24 +1,30 @@
 """What the agent knows of the cluster, as typed values built once from raw API objects.
 
-Pods on this node and the grants in budget status; raw dicts stop here.
+Pods on this node and the grants in budget status; raw dicts stop here. A pod's
+view holds what the kubelet changes as it admits and starts it (phase, container
+states, start times), so every such change wakes the agent, and the agent's own
+``gpupower.dev/PowerCapped`` condition, so it patches that condition only on change.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 from pydantic import ValidationError
 
-from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
+from gpupower_api.contract import BUDGET_ANNOTATION, POWER_CAPPED_CONDITION, POWER_LIMIT_ANNOTATION
 from gpupower_api.models import BudgetStatus, InvalidSpecError, Mode, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 
 log = logging.getLogger(__name__)
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+# Extended resources whose devices are GPUs (or parts of one): the NVIDIA device plugin's names.
+DEFAULT_GPU_RESOURCE_NAMES = ("nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-*")
 
 
 class InvalidObjectError(ValueError):
@@ -35,8 +41,30 @@ class PodKey:
 
 
 @dataclass(frozen=True)
+class ReportedCondition:
+    """The ``gpupower.dev/PowerCapped`` condition as the pod carries it."""
+
+    status: str
+    reason: str
+    message: str
+    last_transition_time: str | None
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """One container as the kubelet reports it: enough to notice every step it takes."""
+
+    name: str
+    state: str  # waiting, running or terminated
+    detail: str  # the waiting or terminated reason, or the start time
+    ready: bool
+    restarts: int
+
+
+@dataclass(frozen=True)
 class PodView:
-    """A pod on this node: identity, labels and the two contract annotations (raw strings)."""
+    """A pod on this node: identity, labels, the two contract annotations (raw strings), what the
+    kubelet reports of it, and the agent's own condition on it."""
 
     key: PodKey
     uid: str
@@ -44,6 +72,11 @@ class PodView:
     budget_name: str | None
     cap_value: str | None
     finished: bool
+    requests_gpus: bool = False
+    phase: str | None = None
+    start_time: str | None = None
+    containers: tuple[ContainerState, ...] = ()
+    power_capped: ReportedCondition | None = None
 
     @property
     def annotated(self) -> bool:
@@ -66,6 +99,7 @@ class BudgetView:
     safe_default_watts: int | None
     grants: tuple[Grant, ...]
     advisory: bool = False  # mode Advisory: the plan is not enforced, so the agent ignores the budget
+    created: str = ""  # creationTimestamp (RFC 3339 sorts in time): the oldest selecting budget manages a pod
 
 
 def _metadata(raw: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping[str, Any]]:
@@ -78,18 +112,87 @@ def _metadata(raw: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping[str,
     return namespace, name, metadata
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _string_map(value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping):
         return {}
     return {str(k): str(v) for k, v in value.items()}
 
 
-def pod_view(raw: Mapping[str, Any]) -> PodView:
-    """The agent's view of a raw Pod object."""
+def is_gpu_resource(name: str, patterns: Iterable[str] = DEFAULT_GPU_RESOURCE_NAMES) -> bool:
+    """Whether an extended resource name is one of GPUs (``fnmatch`` patterns)."""
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _requests_gpus(spec: Mapping[str, Any], patterns: Iterable[str]) -> bool:
+    patterns = tuple(patterns)
+    for group in ("initContainers", "containers"):
+        for container in spec.get(group) or ():
+            resources = container.get("resources") if isinstance(container, Mapping) else None
+            if not isinstance(resources, Mapping):
+                continue
+            for section in ("limits", "requests"):
+                amounts = resources.get(section)
+                if not isinstance(amounts, Mapping):
+                    continue
+                for resource, amount in amounts.items():
+                    if is_gpu_resource(str(resource), patterns) and str(amount) not in ("0", ""):
+                        return True
+    return False
+
+
+def _container_states(status: Mapping[str, Any]) -> tuple[ContainerState, ...]:
+    states: list[ContainerState] = []
+    for group in ("initContainerStatuses", "containerStatuses"):
+        for item in status.get(group) or ():
+            if not isinstance(item, Mapping):
+                continue
+            state = _mapping(item.get("state"))
+            kind = next(iter(state), "unknown")
+            body = _mapping(state.get(kind))
+            detail = str(body.get("reason") or body.get("startedAt") or "")
+            states.append(
+                ContainerState(
+                    name=str(item.get("name", "")),
+                    state=str(kind),
+                    detail=detail,
+                    ready=item.get("ready") is True,
+                    restarts=int(item.get("restartCount") or 0),
+                )
+            )
+    return tuple(states)
+
+
+def _power_capped(status: Mapping[str, Any]) -> ReportedCondition | None:
+    for condition in status.get("conditions") or ():
+        if isinstance(condition, Mapping) and condition.get("type") == POWER_CAPPED_CONDITION:
+            return ReportedCondition(
+                status=str(condition.get("status", "")),
+                reason=str(condition.get("reason", "")),
+                message=str(condition.get("message", "")),
+                last_transition_time=condition.get("lastTransitionTime"),
+            )
+    return None
+
+
+def pod_view(
+    raw: Mapping[str, Any],
+    gpu_resources: Iterable[str] = DEFAULT_GPU_RESOURCE_NAMES,
+    kubelet_steps: bool = True,
+) -> PodView:
+    """The agent's view of a raw Pod object.
+
+    ``kubelet_steps=False`` leaves out what the kubelet changes while it starts the
+    pod (phase, start time, container states), so those changes wake nobody.
+    """
     namespace, name, metadata = _metadata(raw, "pod")
     annotations = _string_map(metadata.get("annotations"))
-    status = raw.get("status")
-    phase = status.get("phase") if isinstance(status, Mapping) else None
+    status = _mapping(raw.get("status"))
+    spec = _mapping(raw.get("spec"))
+    phase = status.get("phase")
     return PodView(
         key=PodKey(namespace, name),
         uid=str(metadata.get("uid", "")),
@@ -97,6 +200,11 @@ def pod_view(raw: Mapping[str, Any]) -> PodView:
         budget_name=annotations.get(BUDGET_ANNOTATION),
         cap_value=annotations.get(POWER_LIMIT_ANNOTATION),
         finished=phase in FINISHED_PHASES,
+        requests_gpus=_requests_gpus(spec, gpu_resources),
+        phase=str(phase) if phase is not None and kubelet_steps else None,
+        start_time=status.get("startTime") if kubelet_steps else None,
+        containers=_container_states(status) if kubelet_steps else (),
+        power_capped=_power_capped(status),
     )
 
 
@@ -106,7 +214,7 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
     An invalid spec leaves the safe default unknown (the agent's own default applies);
     an invalid status or target selector grants nothing. Both are logged.
     """
-    namespace, name, _ = _metadata(raw, "gpupowerbudget")
+    namespace, name, metadata = _metadata(raw, "gpupowerbudget")
     safe_default: int | None = None
     spec = raw.get("spec")
     # Read apart from the validation: an invalid spec must not turn an Advisory budget into an enforcing one.
@@ -150,4 +258,5 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
         safe_default_watts=safe_default,
         grants=tuple(grants),
         advisory=advisory,
+        created=str(metadata.get("creationTimestamp") or ""),
     )

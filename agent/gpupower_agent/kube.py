@@ -12,12 +12,20 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from gpupower_agent.apiclient import ApiClient, HttpError, ProtocolError
-from gpupower_agent.cluster import BudgetView, InvalidObjectError, PodKey, PodView, budget_view, pod_view
+from gpupower_agent.cluster import (
+    DEFAULT_GPU_RESOURCE_NAMES,
+    BudgetView,
+    InvalidObjectError,
+    PodKey,
+    PodView,
+    budget_view,
+    pod_view,
+)
 from gpupower_api.models import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -220,10 +228,21 @@ def pod_informer(
     on_change: Callable[[], None],
     health: ApiHealth,
     on_api_error: Callable[[str], None],
+    follow_kubelet: bool = True,
+    gpu_resources: Sequence[str] = DEFAULT_GPU_RESOURCE_NAMES,
 ) -> Informer[PodKey, PodView]:
-    """The pods bound to ``node_name`` (in ``namespace``, or in all namespaces)."""
+    """The pods bound to ``node_name`` (in ``namespace``, or in all namespaces).
+
+    With ``follow_kubelet`` every step the kubelet reports (phase, container
+    states) changes the pod's view, so ``on_change`` fires on it. A pod asks for
+    GPUs when it requests one of ``gpu_resources`` (shell patterns).
+    """
     path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
-    spec = ResourceSpec("pods", path, {"fieldSelector": f"spec.nodeName={node_name}"}, pod_view, _pod_key)
+
+    def view(raw: Mapping[str, Any]) -> PodView:
+        return pod_view(raw, gpu_resources, kubelet_steps=follow_kubelet)
+
+    spec = ResourceSpec("pods", path, {"fieldSelector": f"spec.nodeName={node_name}"}, view, _pod_key)
     return Informer(api, spec, on_change, health, on_api_error)
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from gpupower_agent.agent import Agent, wait_for_wake
+from gpupower_agent.agent import Agent, Reconciled, wait_for_wake
 from gpupower_agent.apiclient import ApiClient, KubeConfigError, load_credentials
 from gpupower_agent.cgroups import CgroupMapping
 from gpupower_agent.config import AgentConfig, ConfigError, parse_config
@@ -18,12 +18,16 @@ from gpupower_agent.mapping import GpuMapping, MappingMode
 from gpupower_agent.metrics import AgentMetrics, start_http_server
 from gpupower_agent.nvml import FakeNvml, NvmlError, PowerControl, RealNvml
 from gpupower_agent.podresources import PodResourcesMapping, pod_resources_answers
+from gpupower_agent.powercapped import stopped_conditions
 from gpupower_agent.publisher import InventoryPublisher
+from gpupower_agent.reporter import ConditionReporter
 
 log = logging.getLogger("gpupower_agent")
 
 NVML_INIT_RETRY_MAX_SECONDS = 30.0
 TASK_STOP_TIMEOUT_SECONDS = 3.0
+# On exit, how long the agent tries to tell its pods that their GPUs are no longer capped.
+EXIT_REPORT_SECONDS = 3.0
 
 
 def configure_logging(level: str) -> None:
@@ -41,13 +45,14 @@ async def open_nvml(config: AgentConfig, stop: asyncio.Event) -> PowerControl | 
     """The fake when ``--fake-gpus`` is given, else real NVML (retried with backoff until it loads)."""
     if config.fake_gpus is not None:
         log.warning(
-            "event=nvml_fake gpus=%d model=%s state_file=%s note=%r",
+            "event=nvml_fake gpus=%d model=%s state_file=%s load_file=%s note=%r",
             config.fake_gpus.count,
             config.fake_gpus.model.name,
             config.fake_gpu_state,
+            config.fake_gpu_load,
             "NVML replaced by the in-memory fake; no hardware is touched",
         )
-        return FakeNvml(config.node_name, config.fake_gpus, config.fake_gpu_state)
+        return FakeNvml(config.node_name, config.fake_gpus, config.fake_gpu_state, config.fake_gpu_load)
     delay = 1.0
     while not stop.is_set():
         try:
@@ -61,7 +66,7 @@ async def open_nvml(config: AgentConfig, stop: asyncio.Event) -> PowerControl | 
     return None
 
 
-async def open_mapping(config: AgentConfig, nvml: PowerControl) -> GpuMapping:
+async def open_mapping(config: AgentConfig, nvml: PowerControl, metrics: AgentMetrics) -> GpuMapping:
     mode = config.gpu_mapping
     if mode is MappingMode.AUTO:
         answers = await pod_resources_answers(config.pod_resources_socket)
@@ -73,7 +78,12 @@ async def open_mapping(config: AgentConfig, nvml: PowerControl) -> GpuMapping:
             answers,
         )
     if mode is MappingMode.POD_RESOURCES:
-        return PodResourcesMapping(config.pod_resources_socket)
+        return PodResourcesMapping(
+            config.pod_resources_socket,
+            resolver=nvml,
+            resource_names=config.gpu_resource_names,
+            on_unmapped=lambda device: metrics.unmapped_devices_total.labels(device.resource).inc(),
+        )
     return CgroupMapping(nvml, config.proc_root)
 
 
@@ -93,8 +103,8 @@ async def run(config: AgentConfig) -> int:
     nvml = await open_nvml(config, stop)
     if nvml is None:
         return 0
-    mapping = await open_mapping(config, nvml)
     metrics = AgentMetrics()
+    mapping = await open_mapping(config, nvml, metrics)
     gpus = nvml.gpus()
     metrics.info.labels(
         config.node_name,
@@ -114,7 +124,15 @@ async def run(config: AgentConfig) -> int:
     server, port = await start_http_server(metrics, config.metrics_port, healthy, config.metrics_address)
     log.info("event=metrics_listening address=%s port=%d", config.metrics_address, port)
 
-    agent = Agent(config.node_name, nvml, mapping, metrics, config.safe_default_watts, config.state_file)
+    agent = Agent(
+        config.node_name,
+        nvml,
+        mapping,
+        metrics,
+        config.safe_default_watts,
+        config.state_file,
+        device_wait_seconds=config.device_wait_seconds,
+    )
     agent.load_state()
 
     try:
@@ -127,23 +145,44 @@ async def run(config: AgentConfig) -> int:
     def on_api_error(resource: str) -> None:
         metrics.api_errors_total.labels(resource).inc()
 
-    pods = pod_informer(api, config.node_name, config.namespace, wake.set, health, on_api_error)
+    follow_kubelet = config.device_poll_seconds > 0
+    pods = pod_informer(
+        api,
+        config.node_name,
+        config.namespace,
+        wake.set,
+        health,
+        on_api_error,
+        follow_kubelet=follow_kubelet,
+        gpu_resources=config.gpu_resource_names,
+    )
     budgets = budget_informer(api, config.namespace, wake.set, health, on_api_error)
     publisher = InventoryPublisher(api, config.node_name, metrics)
-    tasks = [asyncio.create_task(pods.run()), asyncio.create_task(budgets.run())]
+    reporter = ConditionReporter(api, metrics)
+    tasks = [
+        asyncio.create_task(pods.run()),
+        asyncio.create_task(budgets.run()),
+        asyncio.create_task(reporter.run()),
+    ]
     log.info(
-        "event=started node=%s gpus=%d namespace=%s resync_seconds=%g restore_on_exit=%s",
+        "event=started node=%s gpus=%d namespace=%s resync_seconds=%g restore_on_exit=%s "
+        "device_poll_seconds=%g",
         config.node_name,
         len(gpus),
         config.namespace or "*",
         config.resync_seconds,
         config.restore_on_exit,
+        config.device_poll_seconds,
     )
     next_resync = time.monotonic()
+    last: Reconciled | None = None
     try:
         while not stop.is_set():
             now = time.monotonic()
             deadline = min(next_resync, agent.next_retry_at() or next_resync)
+            if follow_kubelet and agent.looking_for_devices():
+                # The kubelet allocates a pod's GPUs after the pod is bound: look again soon.
+                deadline = min(deadline, now + config.device_poll_seconds)
             await wait_for_wake(wake, deadline - now)
             wake.clear()
             if stop.is_set():
@@ -162,17 +201,28 @@ async def run(config: AgentConfig) -> int:
                 await publisher.publish(present)
             if pods.synced and budgets.synced:
                 try:
-                    await agent.reconcile(list(pods.items.values()), list(budgets.items.values()))
+                    result = await agent.reconcile(list(pods.items.values()), list(budgets.items.values()))
                 except Exception:
                     # A bug must not end the agent: exiting would restore defaults and uncap every GPU.
                     metrics.reconcile_errors_total.inc()
                     log.exception("event=reconcile_failed action=keep_caps")
+                else:
+                    if result is not None:
+                        last = result
+                        reporter.update(result.conditions, pods.items)
     finally:
         # Restore first: nothing that follows may delay giving the GPUs their defaults back.
         if config.restore_on_exit:
-            agent.restore_all()
+            restored = agent.restore_all()
+            if last is not None:
+                reporter.update(stopped_conditions(last.plan.decisions, restored), pods.items)
+                try:
+                    await asyncio.wait_for(reporter.flush(), EXIT_REPORT_SECONDS)
+                except TimeoutError:
+                    log.warning("event=exit_report_timeout seconds=%g", EXIT_REPORT_SECONDS)
         else:
             log.info("event=exit_without_restore managed_gpus=%d", len(agent.managed))
+        reporter.stop()
         for informer in (pods, budgets):
             informer.stop()
         for task in tasks:

@@ -97,6 +97,12 @@ class AgentMetrics:
             ["source"],
             registry=r,
         )
+        self.unmapped_devices_total = Counter(
+            "gpupower_agent_unmapped_devices_total",
+            "GPU devices of pods (PodResources) that are on no GPU of this node, by resource name.",
+            ["resource"],
+            registry=r,
+        )
         self.limit_changes_total = Counter(
             "gpupower_agent_limit_changes_total",
             "Power limits set through NVML, by action (cap or restore).",
@@ -111,6 +117,17 @@ class AgentMetrics:
         self.api_unreachable_seconds = Gauge(
             "gpupower_agent_api_unreachable_seconds",
             "How long the Kubernetes API has been unreachable (0 when reachable).",
+            registry=r,
+        )
+        self.condition_patches_total = Counter(
+            "gpupower_agent_condition_patches_total",
+            "Patches of the gpupower.dev/PowerCapped pod condition, by result (ok, failed, gone).",
+            ["result"],
+            registry=r,
+        )
+        self.pods_awaiting_devices = Gauge(
+            "gpupower_agent_pods_awaiting_devices",
+            "Pods on the node that ask for GPUs the GPU mapping does not show yet.",
             registry=r,
         )
         self._pod_info_labels: set[tuple[str, str, str]] = set()

@@ -3,6 +3,11 @@
 Watts at the interface, milliwatts only inside the real adapter. The fake keeps
 its GPUs' limits in a JSON file so that, like real GPUs, they survive an agent
 restart or crash; tests and the demo read that file to see what the hardware holds.
+
+MIG: a GPU in MIG mode is still one GPU here. Its MIG devices (the partitions
+pods are given) have UUIDs of their own, ``MIG-...``; :meth:`PowerControl.physical_gpu`
+names the GPU one is on. NVML sets power limits on the whole GPU only, so the
+caps of every pod on any of its MIG devices meet on that GPU.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import uuid as uuid_module
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,12 +26,16 @@ from typing import Any, Protocol
 
 from gpupower_agent.atomicfile import write_json_atomically
 
+log = logging.getLogger(__name__)
+
 
 class NvmlErrorKind(StrEnum):
     NO_PERMISSION = "no_permission"
     NOT_SUPPORTED = "not_supported"
     GPU_LOST = "gpu_lost"
     UNINITIALIZED = "uninitialized"
+    INVALID_ARGUMENT = "invalid_argument"
+    DRIVER_NOT_LOADED = "driver_not_loaded"
     OTHER = "other"
 
 
@@ -71,7 +83,16 @@ class PowerControl(Protocol):
 
     def power_usage_watts(self, uuid: str) -> float: ...
 
-    def running_pids(self, uuid: str) -> list[int]: ...
+    def running_pids(self, uuid: str) -> list[int]:
+        """Processes on the GPU; on a GPU in MIG mode, those on all of its MIG devices."""
+        ...
+
+    def physical_gpu(self, device_uuid: str) -> str | None:
+        """The GPU a device is on: a GPU's own UUID, a MIG device's parent; None when NVML knows neither.
+
+        Raises :class:`NvmlError` when NVML cannot say.
+        """
+        ...
 
 
 # ---------------------------------------------------------------------------
@@ -118,10 +139,39 @@ def parse_fake_gpus(value: str) -> FakeGpuSpec:
     return FakeGpuSpec(int(count_text), GPU_MODELS[model_name])
 
 
+def _derived_uuid(prefix: str, seed: str) -> str:
+    return f"{prefix}-{uuid_module.UUID(bytes=hashlib.sha256(seed.encode()).digest()[:16])}"
+
+
 def fake_gpu_uuid(node_name: str, index: int) -> str:
     """The UUID the fake gives GPU ``index`` of ``node_name``; the demo's node simulator uses it too."""
-    digest = hashlib.sha256(f"{node_name}/{index}".encode()).digest()[:16]
-    return f"GPU-{uuid_module.UUID(bytes=digest)}"
+    return _derived_uuid("GPU", f"{node_name}/{index}")
+
+
+def fake_mig_uuid(node_name: str, gpu_index: int, mig_index: int) -> str:
+    """The UUID of MIG device ``mig_index`` (its place in the GPU's ``migDevices``) of a fake GPU."""
+    return _derived_uuid("MIG", f"{node_name}/{gpu_index}/mig/{mig_index}")
+
+
+class _WatchedFile:
+    """A file another process edits: tells cheaply (one stat) whether it changed since last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+
+    def _current(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def changed(self) -> bool:
+        return self._current() != self._stamp
+
+    def mark_read(self) -> None:
+        self._stamp = self._current()
 
 
 @dataclass
@@ -130,29 +180,48 @@ class _FakeGpuState:
     limit_watts: int
     pids: list[int] = field(default_factory=list)
     lost: bool = False
+    mig_profiles: list[str] | None = None  # None: MIG mode off
 
 
 class FakeNvml:
     """N GPUs of one model in memory, with limits persisted to ``state_path`` and injectable errors.
 
-    Errors are injected per operation (``"set"``, ``"get"``, ``"usage"``, ``"processes"``) and
-    optionally per GPU; each injection fails that many calls (``times=None``: until cleared).
+    Errors are injected per operation (``"set"``, ``"get"``, ``"usage"``, ``"processes"``,
+    ``"mig"``: resolving a MIG device of the GPU) and optionally per GPU; each injection fails
+    that many calls (``times=None``: until cleared).
 
     Another process (a test, the demo) can act on the hardware through the state file, as an
     administrator would with ``nvidia-smi``: a changed ``limitWatts`` is taken as the GPU's new
     limit, ``"faults": {"set": "no_permission"}`` on a GPU makes that operation fail until
     the entry is removed, and ``"pids": [...]`` are the processes NVML reports running on it
-    (for ``--gpu-mapping cgroup``), ``"lost": true`` makes the GPU vanish (as after an Xid
-    error) until removed, and another ``"model"`` puts a GPU of that model in its slot (same
-    UUID, new constraints). The fake notices the change at its next call.
+    (for ``--gpu-mapping cgroup``; on a GPU in MIG mode, those of all its MIG devices),
+    ``"lost": true`` makes the GPU vanish (as after an Xid error) until removed, another
+    ``"model"`` puts a GPU of that model in its slot (same UUID, new constraints), and
+    ``"migDevices": ["1g.10gb", ...]`` puts the GPU in MIG mode with one MIG device per entry
+    (the profile names are labels; the UUIDs are :func:`fake_mig_uuid` of the entry's place).
+    The fake notices the change at its next call.
+
+    ``load_path`` is a JSON object ``{GPU uuid: watts}``: what the workload on each GPU would
+    draw uncapped. A GPU reports ``min(limit, load)``, or its model's idle power without an
+    entry; the file is re-read when it changes.
     """
 
-    def __init__(self, node_name: str, spec: FakeGpuSpec, state_path: Path | None = None) -> None:
-        self._state_path = state_path
+    def __init__(
+        self,
+        node_name: str,
+        spec: FakeGpuSpec,
+        state_path: Path | None = None,
+        load_path: Path | None = None,
+    ) -> None:
+        self._node_name = node_name
+        self._state_file = _WatchedFile(state_path) if state_path is not None else None
+        self._load_file = _WatchedFile(load_path) if load_path is not None else None
         self._gpus: dict[str, _FakeGpuState] = {}
         self._errors: dict[tuple[str, str | None], tuple[NvmlErrorKind, int | None]] = {}
         self._file_faults: dict[tuple[str, str], NvmlErrorKind] = {}
-        self._file_stamp: tuple[int, int, int] | None = None
+        self._mig_parents: dict[str, str] = {}
+        self._loads: dict[str, float] = {}
+        self._load_problem: str | None = None
         for index in range(spec.count):
             uuid = fake_gpu_uuid(node_name, index)
             gpu = Gpu(uuid=uuid, index=index, model=spec.model.name, constraints=spec.model.constraints)
@@ -161,22 +230,13 @@ class FakeNvml:
         self._load()
         self._save()
 
-    def _stamp(self) -> tuple[int, int, int] | None:
-        if self._state_path is None:
-            return None
-        try:
-            stat = self._state_path.stat()
-        except OSError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
     def _load(self) -> None:
         """Take limits and faults from the state file; an unreadable file changes nothing."""
-        if self._state_path is None:
+        if self._state_file is None:
             return
-        self._file_stamp = self._stamp()
+        self._state_file.mark_read()
         try:
-            raw = json.loads(self._state_path.read_text())
+            raw = json.loads(self._state_file.path.read_text())
         except (OSError, ValueError):
             return
         if not isinstance(raw, list):
@@ -199,19 +259,72 @@ class FakeNvml:
             pids = item.get("pids")
             if isinstance(pids, list):
                 state.pids = [pid for pid in pids if isinstance(pid, int) and not isinstance(pid, bool)]
+            profiles = item.get("migDevices")
+            state.mig_profiles = (
+                [str(profile) for profile in profiles] if isinstance(profiles, list) else None
+            )
             item_faults = item.get("faults")
             if isinstance(item_faults, dict):
                 for operation, kind in item_faults.items():
                     if kind in NvmlErrorKind.__members__.values():
                         faults[(str(operation), state.gpu.uuid)] = NvmlErrorKind(kind)
         self._file_faults = faults
+        self._index_mig_devices()
+
+    def _index_mig_devices(self) -> None:
+        self._mig_parents = {
+            fake_mig_uuid(self._node_name, state.gpu.index, position): state.gpu.uuid
+            for state in self._gpus.values()
+            for position in range(len(state.mig_profiles or ()))
+        }
+
+    def _read_loads(self) -> None:
+        """Take the workloads' uncapped draw from the load file; keep the last good one if unreadable."""
+        if self._load_file is None or not self._load_file.changed():
+            return
+        self._load_file.mark_read()
+        path = self._load_file.path
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raw = {}
+        except (OSError, ValueError) as error:
+            self._report_load_problem(f"unreadable ({error}); keeping the previous loads")
+            return
+        if not isinstance(raw, dict):
+            self._report_load_problem("not a JSON object {uuid: watts}; keeping the previous loads")
+            return
+        loads: dict[str, float] = {}
+        ignored: list[str] = []
+        for uuid, watts in raw.items():
+            if (
+                uuid in self._gpus
+                and isinstance(watts, int | float)
+                and not isinstance(watts, bool)
+                and watts >= 0
+            ):
+                loads[uuid] = float(watts)
+            else:
+                ignored.append(str(uuid))
+        self._loads = loads
+        self._report_load_problem(
+            f"entries ignored (no such GPU, or not watts >= 0): {ignored}" if ignored else None
+        )
+
+    def _report_load_problem(self, problem: str | None) -> None:
+        if problem is not None and problem != self._load_problem:
+            log.warning("event=fake_gpu_load_invalid path=%s problem=%r", self._load_path_text(), problem)
+        self._load_problem = problem
+
+    def _load_path_text(self) -> str:
+        return str(self._load_file.path) if self._load_file is not None else "-"
 
     def _refresh(self) -> None:
-        if self._state_path is not None and self._stamp() != self._file_stamp:
+        if self._state_file is not None and self._state_file.changed():
             self._load()
 
     def _save(self) -> None:
-        if self._state_path is None:
+        if self._state_file is None:
             return
         gpus: list[dict[str, Any]] = []
         for state in sorted(self._gpus.values(), key=lambda s: s.gpu.index):
@@ -230,11 +343,13 @@ class FakeNvml:
                 entry["pids"] = list(state.pids)
             if state.lost:
                 entry["lost"] = True
+            if state.mig_profiles is not None:
+                entry["migDevices"] = list(state.mig_profiles)
             gpus.append(entry)
-        write_json_atomically(self._state_path, gpus, indent=2)
-        self._file_stamp = self._stamp()
+        write_json_atomically(self._state_file.path, gpus, indent=2)
+        self._state_file.mark_read()
 
-    # -- error injection, for tests and the demo
+    # -- error injection and hardware changes, for tests and the demo
 
     def inject_error(
         self, operation: str, kind: NvmlErrorKind, uuid: str | None = None, times: int | None = None
@@ -246,6 +361,14 @@ class FakeNvml:
 
     def set_running_pids(self, uuid: str, pids: list[int]) -> None:
         self._state(uuid, "processes").pids = list(pids)
+
+    def set_mig_devices(self, uuid: str, profiles: Sequence[str] | None) -> list[str]:
+        """Partition a GPU into MIG devices (None: MIG mode off); returns their UUIDs."""
+        state = self._state(uuid, "mig")
+        state.mig_profiles = None if profiles is None else list(profiles)
+        self._index_mig_devices()
+        self._save()
+        return [fake_mig_uuid(self._node_name, state.gpu.index, i) for i in range(len(profiles or ()))]
 
     def _maybe_fail(self, operation: str, uuid: str | None) -> None:
         self._refresh()
@@ -290,19 +413,34 @@ class FakeNvml:
         constraints = state.gpu.constraints
         if not constraints.min_watts <= watts <= constraints.max_watts:
             # What real NVML answers for a limit outside the constraints.
-            raise NvmlError(NvmlErrorKind.OTHER, "set", uuid, f"invalid argument: {watts} W")
+            raise NvmlError(
+                NvmlErrorKind.INVALID_ARGUMENT,
+                "set",
+                uuid,
+                f"{watts} W outside {constraints.min_watts}..{constraints.max_watts} W",
+            )
         state.limit_watts = watts
         self._save()
 
     def power_usage_watts(self, uuid: str) -> float:
         self._maybe_fail("usage", uuid)
         state = self._state(uuid, "usage")
-        busy = 0.85 * state.limit_watts if state.pids else self._idle_watts
-        return float(min(busy, state.limit_watts))
+        self._read_loads()
+        load = self._loads.get(uuid)
+        return self._idle_watts if load is None else min(float(state.limit_watts), load)
 
     def running_pids(self, uuid: str) -> list[int]:
         self._maybe_fail("processes", uuid)
         return list(self._state(uuid, "processes").pids)
+
+    def physical_gpu(self, device_uuid: str) -> str | None:
+        self._refresh()
+        parent = self._mig_parents.get(device_uuid)
+        if parent is not None:
+            self._maybe_fail("mig", parent)
+        uuid = parent or device_uuid
+        state = self._gpus.get(uuid)
+        return uuid if state is not None and not state.lost else None
 
 
 # ---------------------------------------------------------------------------
@@ -317,11 +455,31 @@ def _error_kind(code: int) -> NvmlErrorKind:
         pynvml.NVML_ERROR_NOT_SUPPORTED: NvmlErrorKind.NOT_SUPPORTED,
         pynvml.NVML_ERROR_GPU_IS_LOST: NvmlErrorKind.GPU_LOST,
         pynvml.NVML_ERROR_UNINITIALIZED: NvmlErrorKind.UNINITIALIZED,
+        pynvml.NVML_ERROR_INVALID_ARGUMENT: NvmlErrorKind.INVALID_ARGUMENT,
+        pynvml.NVML_ERROR_DRIVER_NOT_LOADED: NvmlErrorKind.DRIVER_NOT_LOADED,
     }.get(code, NvmlErrorKind.OTHER)
 
 
-def _milliwatts_to_watts(milliwatts: int) -> int:
-    return round(milliwatts / 1000)
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def constraints_from_milliwatts(min_mw: int, max_mw: int, default_mw: int) -> GpuConstraints:
+    """Whole watts the GPU accepts: the minimum rounded up, the maximum down, so every cap fits NVML.
+
+    A GPU whose limits are not whole watts (NVML reports milliwatts) would otherwise be sent
+    a cap just outside its range, which NVML refuses.
+    """
+    low, high = math.ceil(min_mw / 1000), math.floor(max_mw / 1000)
+    return GpuConstraints(low, high, min(max(round(default_mw / 1000), low), high))
+
+
+def limit_from_milliwatts(milliwatts: int) -> int:
+    """A limit read back, rounded up: a GPU holding a fraction of a watt above its cap gets it set again."""
+    return math.ceil(milliwatts / 1000)
+
+
+MIG_PARENT_CACHE_SIZE = 4096
 
 
 class RealNvml:
@@ -333,11 +491,18 @@ class RealNvml:
         self._nvml = pynvml
         self._handles: dict[str, Any] = {}
         self._gpus: list[Gpu] = []
+        # A MIG device's parent never changes (a re-created MIG device gets a new UUID): asked once.
+        self._mig_parents: dict[str, str] = {}
+        self._unanswered: dict[int, str] = {}
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as error:
             raise NvmlError(_error_kind(error.value), "init", None, str(error)) from error
-        self._scan()
+        try:
+            self._scan()
+        except NvmlError:
+            self.shutdown()
+            raise
 
     def _scan(self) -> None:
         """Enumerate the GPUs and their constraints now; a GPU that does not answer is left out (lost)."""
@@ -353,35 +518,44 @@ class RealNvml:
                 count = pynvml.nvmlDeviceGetCount()
             except pynvml.NVMLError as error:
                 raise NvmlError(_error_kind(error.value), "scan", None, str(error)) from error
+            log.info("event=nvml_reinitialised gpus=%d", count)
         handles: dict[str, Any] = {}
         gpus: list[Gpu] = []
+        unanswered: dict[int, str] = {}
         for index in range(count):
             try:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                uuid = pynvml.nvmlDeviceGetUUID(handle)
-                uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-                name = pynvml.nvmlDeviceGetName(handle)
-                name = name.decode() if isinstance(name, bytes) else str(name)
+                uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+                name = _text(pynvml.nvmlDeviceGetName(handle))
                 min_mw, max_mw = pynvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
                 default_mw = pynvml.nvmlDeviceGetPowerManagementDefaultLimit(handle)
-            except pynvml.NVMLError:
+            except pynvml.NVMLError as error:
+                unanswered[index] = f"{_error_kind(error.value).value}: {error}"
                 continue
-            constraints = GpuConstraints(
-                min_watts=_milliwatts_to_watts(min_mw),
-                max_watts=_milliwatts_to_watts(max_mw),
-                default_watts=_milliwatts_to_watts(default_mw),
-            )
             handles[uuid] = handle
-            gpus.append(Gpu(uuid=uuid, index=index, model=name, constraints=constraints))
+            gpus.append(Gpu(uuid, index, name, constraints_from_milliwatts(min_mw, max_mw, default_mw)))
+        self._report_unanswered(unanswered)
         self._handles = handles
         self._gpus = gpus
 
-    def _call(self, operation: str, uuid: str, fn: Any, *args: Any) -> Any:
+    def _report_unanswered(self, unanswered: dict[int, str]) -> None:
+        """Say once when a GPU stops answering the scan (it is left out) and once when it answers again."""
+        for index, problem in sorted(unanswered.items()):
+            if self._unanswered.get(index) != problem:
+                log.warning("event=gpu_unanswered index=%d error=%r action=left_out", index, problem)
+        for index in sorted(self._unanswered.keys() - unanswered.keys()):
+            log.info("event=gpu_answers_again index=%d", index)
+        self._unanswered = unanswered
+
+    def _handle(self, operation: str, uuid: str) -> Any:
         handle = self._handles.get(uuid)
         if handle is None:
             raise NvmlError(NvmlErrorKind.GPU_LOST, operation, uuid, "no such GPU")
+        return handle
+
+    def _call(self, operation: str, uuid: str, fn: Any, *args: Any, handle: Any = None) -> Any:
         try:
-            return fn(handle, *args)
+            return fn(self._handle(operation, uuid) if handle is None else handle, *args)
         except self._nvml.NVMLError as error:
             raise NvmlError(_error_kind(error.value), operation, uuid, str(error)) from error
 
@@ -395,8 +569,7 @@ class RealNvml:
         return list(self._gpus)
 
     def power_limit_watts(self, uuid: str) -> int:
-        milliwatts = self._call("get", uuid, self._nvml.nvmlDeviceGetPowerManagementLimit)
-        return _milliwatts_to_watts(milliwatts)
+        return limit_from_milliwatts(self._call("get", uuid, self._nvml.nvmlDeviceGetPowerManagementLimit))
 
     def set_power_limit_watts(self, uuid: str, watts: int) -> None:
         self._call("set", uuid, self._nvml.nvmlDeviceSetPowerManagementLimit, watts * 1000)
@@ -405,8 +578,72 @@ class RealNvml:
         return float(self._call("usage", uuid, self._nvml.nvmlDeviceGetPowerUsage)) / 1000.0
 
     def running_pids(self, uuid: str) -> list[int]:
-        processes = self._call("processes", uuid, self._nvml.nvmlDeviceGetComputeRunningProcesses)
-        return [int(p.pid) for p in processes]
+        """NVML's compute processes; in MIG mode the GPU's handle answers for all its MIG devices.
+
+        That aggregate needs privileges the agent has (``CAP_SYS_ADMIN``); where NVML still
+        refuses it, each MIG device is asked in turn.
+        """
+        pynvml = self._nvml
+        try:
+            processes = self._call("processes", uuid, pynvml.nvmlDeviceGetComputeRunningProcesses)
+        except NvmlError as error:
+            if error.kind is not NvmlErrorKind.NO_PERMISSION or not self._mig_enabled(uuid):
+                raise
+            processes = [
+                process
+                for handle in self._mig_handles(uuid)
+                for process in self._call(
+                    "processes", uuid, pynvml.nvmlDeviceGetComputeRunningProcesses, handle=handle
+                )
+            ]
+        return list(dict.fromkeys(int(process.pid) for process in processes))
+
+    def _mig_enabled(self, uuid: str) -> bool:
+        pynvml = self._nvml
+        try:
+            current, _pending = self._call("mig", uuid, pynvml.nvmlDeviceGetMigMode)
+        except NvmlError as error:
+            if error.kind is NvmlErrorKind.NOT_SUPPORTED:  # a GPU without MIG
+                return False
+            raise
+        return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
+
+    def _mig_handles(self, uuid: str) -> list[Any]:
+        pynvml = self._nvml
+        handles: list[Any] = []
+        for index in range(self._call("mig", uuid, pynvml.nvmlDeviceGetMaxMigDeviceCount)):
+            try:
+                handles.append(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(self._handle("mig", uuid), index))
+            except pynvml.NVMLError as error:
+                if error.value != pynvml.NVML_ERROR_NOT_FOUND:  # NOT_FOUND: no MIG device in that slot
+                    raise NvmlError(_error_kind(error.value), "mig", uuid, str(error)) from error
+        return handles
+
+    def physical_gpu(self, device_uuid: str) -> str | None:
+        if device_uuid in self._handles:
+            return device_uuid
+        parent = self._mig_parents.get(device_uuid)
+        if parent is None and device_uuid.startswith("MIG-"):
+            parent = self._ask_mig_parent(device_uuid)
+        return parent if parent in self._handles else None
+
+    def _ask_mig_parent(self, mig_uuid: str) -> str | None:
+        pynvml = self._nvml
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(mig_uuid)
+            if not pynvml.nvmlDeviceIsMigDeviceHandle(handle):
+                return None
+            parent = _text(
+                pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle))
+            )
+        except pynvml.NVMLError as error:
+            if error.value == pynvml.NVML_ERROR_NOT_FOUND:
+                return None
+            raise NvmlError(_error_kind(error.value), "mig", mig_uuid, str(error)) from error
+        if len(self._mig_parents) >= MIG_PARENT_CACHE_SIZE:
+            self._mig_parents.clear()
+        self._mig_parents[mig_uuid] = parent
+        return parent
 
     def shutdown(self) -> None:
         try:

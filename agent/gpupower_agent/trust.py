@@ -1,17 +1,26 @@
 """The trust rule: which per-GPU cap a pod gets, so that no pod can raise its own power.
 
-A pod annotated ``gpupower.dev/budget: B`` and ``gpupower.dev/power-limit-watts: C``
-is trusted only when budget B exists in the pod's namespace and one of B's status
-targets selects the pod with ``capWatts >= C``; then the pod's cap is C. Anything
-else (budget missing, no granting target, C above the grant, C unparsable, only
-one of the two annotations) caps the pod at the safe default: B's
-``safeDefaultWatts`` when B exists, else the agent's own. A pod without the
-annotations that a budget's status target selects (a replica the operator has
-not annotated yet) gets that budget's safe default at once. Pods neither
-annotated nor selected are not managed.
+The budget that manages a pod is decided by selection, never by the pod: it is
+the oldest Enforce budget in the pod's namespace whose status has a target
+selecting the pod (the operator's ownership rule: the older budget wins). That
+target's cap is the pod's *grant*. Then:
 
-Budgets in Advisory mode change nothing on the fleet: the agent ignores them,
-so they select and grant nothing, and a pod naming one is not managed.
+- the pod carries ``gpupower.dev/budget`` naming that budget and a
+  ``gpupower.dev/power-limit-watts`` cap C with C <= grant: its cap is C (trusted);
+- the pod carries no annotation yet (a new replica): the lower of the grant and
+  the budget's safe default, at once (awaiting its cap);
+- anything else (C above the grant, C unparsable, no cap, the budget annotation
+  naming another budget, a missing one or an Advisory one): the lower of the
+  grant and the safe default, with a warning (untrusted).
+
+So a selected pod never holds more than its grant, whatever it writes on itself.
+
+A pod that no Enforce budget selects is managed only if it carries the
+annotations (a pod the operator has not released yet, or one claiming a cap):
+it gets the safe default of the budget it names (the agent's own when that
+budget does not exist) and a warning; a pod naming an Advisory budget, or
+neither annotated nor selected, is not managed. Budgets in Advisory mode change
+nothing on the fleet: they select and grant nothing.
 
 The operator lowers caps on pods before it lowers a grant, and raises a grant
 before the caps, so a correct operator never trips this rule.
@@ -29,8 +38,8 @@ from gpupower_api.contract import InvalidCapError, parse_power_limit
 
 class Verdict(StrEnum):
     TRUSTED = "trusted"
-    AWAITING_CAP = "awaiting_cap"  # selected by a budget, no cap yet: safe default, no warning
-    UNTRUSTED = "untrusted"  # safe default, warning and metric
+    AWAITING_CAP = "awaiting_cap"  # selected by a budget, no cap yet: grant or safe default, no warning
+    UNTRUSTED = "untrusted"  # grant or safe default, warning and metric
 
 
 class UntrustedReason(StrEnum):
@@ -39,6 +48,8 @@ class UntrustedReason(StrEnum):
     ABOVE_GRANT = "above_grant"
     UNPARSABLE = "unparsable"
     NO_BUDGET_ANNOTATION = "no_budget_annotation"
+    OTHER_BUDGET = "other_budget"  # selected by one budget, names another (missing and Advisory included)
+    NO_CAP = "no_cap"  # names its budget but carries no cap
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class PodCap:
     verdict: Verdict
     reason: UntrustedReason | None = None
     detail: str = ""
+    budget: tuple[str, str] | None = None  # (namespace, name) of the budget that manages the pod
 
 
 @dataclass(frozen=True)
@@ -58,20 +70,27 @@ class BudgetIndex:
     """Budgets by namespace and name."""
 
     by_namespace: Mapping[str, Mapping[str, BudgetView]]
+    enforcing: Mapping[str, tuple[BudgetView, ...]]  # per namespace, Enforce budgets oldest first
 
     @staticmethod
     def build(budgets: Iterable[BudgetView]) -> BudgetIndex:
         index: dict[str, dict[str, BudgetView]] = {}
         for budget in budgets:
             index.setdefault(budget.namespace, {})[budget.name] = budget
-        return BudgetIndex(index)
+        enforcing = {
+            namespace: tuple(
+                sorted((b for b in named.values() if not b.advisory), key=lambda b: (b.created, b.name))
+            )
+            for namespace, named in index.items()
+        }
+        return BudgetIndex(index, enforcing)
 
     def get(self, namespace: str, name: str) -> BudgetView | None:
         return self.by_namespace.get(namespace, {}).get(name)
 
-    def enforcing_in(self, namespace: str) -> Iterable[BudgetView]:
-        """The namespace's budgets in Enforce mode (Advisory ones change nothing on the fleet)."""
-        return (b for b in self.by_namespace.get(namespace, {}).values() if not b.advisory)
+    def enforcing_in(self, namespace: str) -> tuple[BudgetView, ...]:
+        """The namespace's budgets in Enforce mode, oldest first (Advisory ones change nothing)."""
+        return self.enforcing.get(namespace, ())
 
 
 def _safe_default(budget: BudgetView | None, agent_default_watts: int) -> int:
@@ -85,19 +104,60 @@ def _highest_grant(budget: BudgetView, pod: PodView) -> int | None:
     return max(caps) if caps else None
 
 
-def pod_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int) -> PodCap | None:
-    """The cap ``pod`` gets under the trust rule, or ``None`` when no budget manages it."""
-    namespace = pod.key.namespace
-    if not pod.annotated:
-        selecting = [b for b in budgets.enforcing_in(namespace) if _highest_grant(b, pod) is not None]
-        if not selecting:
-            return None
-        safe = min(_safe_default(b, agent_default_watts) for b in selecting)
-        return PodCap(pod.key, safe, safe, Verdict.AWAITING_CAP, detail="selected by a budget, no cap yet")
+def managing_budget(pod: PodView, budgets: BudgetIndex) -> tuple[BudgetView, int] | None:
+    """The budget that manages ``pod`` and its grant: the oldest Enforce budget whose status selects it."""
+    for budget in budgets.enforcing_in(pod.key.namespace):
+        grant = _highest_grant(budget, pod)
+        if grant is not None:
+            return budget, grant
+    return None
 
+
+def _selected_cap(pod: PodView, budget: BudgetView, grant: int, agent_default_watts: int) -> PodCap:
+    fallback = min(grant, _safe_default(budget, agent_default_watts))
+    owner = (budget.namespace, budget.name)
+
+    def untrusted(reason: UntrustedReason, detail: str) -> PodCap:
+        return PodCap(pod.key, fallback, fallback, Verdict.UNTRUSTED, reason, detail, owner)
+
+    if not pod.annotated:
+        return PodCap(
+            pod.key,
+            fallback,
+            fallback,
+            Verdict.AWAITING_CAP,
+            detail="selected by a budget, no cap yet",
+            budget=owner,
+        )
+    if pod.budget_name != budget.name:
+        named = "no budget" if pod.budget_name is None else f"budget {pod.budget_name!r}"
+        return untrusted(
+            UntrustedReason.OTHER_BUDGET,
+            f"selected by budget {budget.name!r}, but its annotation names {named}",
+        )
+    if pod.cap_value is None:
+        return PodCap(
+            pod.key,
+            fallback,
+            fallback,
+            Verdict.AWAITING_CAP,
+            detail="budget annotation, no cap yet",
+            budget=owner,
+        )
+    try:
+        cap_watts = parse_power_limit(pod.cap_value)
+    except InvalidCapError as error:
+        return untrusted(UntrustedReason.UNPARSABLE, str(error))
+    if cap_watts > grant:
+        return untrusted(UntrustedReason.ABOVE_GRANT, f"cap {cap_watts} W above the grant of {grant} W")
+    return PodCap(pod.key, cap_watts, fallback, Verdict.TRUSTED, budget=owner)
+
+
+def _unselected_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int) -> PodCap | None:
+    if not pod.annotated:
+        return None
     if pod.budget_name is None:
-        selecting = [b for b in budgets.enforcing_in(namespace) if _highest_grant(b, pod) is not None]
-        safe = min((_safe_default(b, agent_default_watts) for b in selecting), default=agent_default_watts)
+        safe = agent_default_watts
         return PodCap(
             pod.key,
             safe,
@@ -106,31 +166,24 @@ def pod_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int) -> Pod
             UntrustedReason.NO_BUDGET_ANNOTATION,
             "cap annotation without a budget annotation",
         )
-
-    budget = budgets.get(namespace, pod.budget_name)
+    budget = budgets.get(pod.key.namespace, pod.budget_name)
     if budget is not None and budget.advisory:
         return None
     safe = _safe_default(budget, agent_default_watts)
-
-    def untrusted(reason: UntrustedReason, detail: str) -> PodCap:
-        return PodCap(pod.key, safe, safe, Verdict.UNTRUSTED, reason, detail)
-
     if budget is None:
-        return untrusted(UntrustedReason.BUDGET_MISSING, f"budget {pod.budget_name!r} not found")
-    grant = _highest_grant(budget, pod)
-    if pod.cap_value is None:
-        if grant is not None:
-            return PodCap(pod.key, safe, safe, Verdict.AWAITING_CAP, detail="budget annotation, no cap yet")
-        return untrusted(UntrustedReason.NO_GRANT, f"no target of budget {budget.name!r} selects the pod")
-    try:
-        cap_watts = parse_power_limit(pod.cap_value)
-    except InvalidCapError as error:
-        return untrusted(UntrustedReason.UNPARSABLE, str(error))
-    if grant is None:
-        return untrusted(UntrustedReason.NO_GRANT, f"no target of budget {budget.name!r} selects the pod")
-    if cap_watts > grant:
-        return untrusted(UntrustedReason.ABOVE_GRANT, f"cap {cap_watts} W above the grant of {grant} W")
-    return PodCap(pod.key, cap_watts, safe, Verdict.TRUSTED)
+        reason, detail = UntrustedReason.BUDGET_MISSING, f"budget {pod.budget_name!r} not found"
+    else:
+        reason, detail = UntrustedReason.NO_GRANT, f"no target of budget {budget.name!r} selects the pod"
+    return PodCap(pod.key, safe, safe, Verdict.UNTRUSTED, reason, detail)
+
+
+def pod_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int) -> PodCap | None:
+    """The cap ``pod`` gets under the trust rule, or ``None`` when no budget manages it."""
+    managing = managing_budget(pod, budgets)
+    if managing is None:
+        return _unselected_cap(pod, budgets, agent_default_watts)
+    budget, grant = managing
+    return _selected_cap(pod, budget, grant, agent_default_watts)
 
 
 def pod_caps(pods: Iterable[PodView], budgets: BudgetIndex, agent_default_watts: int) -> dict[PodKey, PodCap]:

@@ -1,4 +1,4 @@
-"""The contract between operator and agent: pod annotations and how to read them.
+"""The contract between operator and agent: pod annotations, the pod condition, and how to read them.
 
 The operator writes, on every pod of a target it owns:
 
@@ -9,12 +9,18 @@ The operator writes, on every pod of a target it owns:
 
 The agent parses the cap strictly: anything but a plain positive integer
 within ``[1, MAX_CAP_WATTS]`` is rejected, so the caller falls back to the safe
-default instead of "no cap".
+default instead of "no cap". The budget that manages a pod is the one whose
+status selects it (the oldest Enforce budget), never the one the pod names.
+
+The agent answers with the pod condition ``gpupower.dev/PowerCapped`` (below):
+what the pod's GPUs hold, read back from NVML.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from enum import StrEnum
 
 PREFIX = "gpupower.dev"
 POWER_LIMIT_ANNOTATION = f"{PREFIX}/power-limit-watts"
@@ -103,3 +109,62 @@ def parse_watts_label(label: str, value: object) -> int:
     if watts > MAX_CAP_WATTS:
         raise InvalidNodeLabelError(label, value, f"above {MAX_CAP_WATTS} W")
     return watts
+
+
+# ---------------------------------------------------------------------------
+# What the agent reports back: the pod condition ``gpupower.dev/PowerCapped``.
+#
+# The agent sets it (through the pods' status subresource, only when it changes)
+# on every pod it manages. ``True``/``Capped`` means every GPU of the pod holds
+# at most the pod's trusted cap. ``False`` carries a reason a program can branch
+# on. Every message starts with what the pod's GPUs hold, in one fixed form the
+# operator reads back ("2 GPU(s) hold at most 205 W: ..."), so "enforced" is
+# what the hardware holds, never only what was annotated. A message that does
+# not start that way (GPUs unreadable, none allocated yet) says nothing about
+# the watts, and the operator then counts the most the pod's GPUs could draw.
+
+POWER_CAPPED_CONDITION = f"{PREFIX}/PowerCapped"
+
+
+class PowerCappedReason(StrEnum):
+    CAPPED = "Capped"  # True: every GPU of the pod holds at most its trusted cap
+    AWAITING_DEVICES = "AwaitingDevices"  # the kubelet has not allocated the pod's GPUs yet
+    AWAITING_CAP = "AwaitingCap"  # selected, no cap annotated yet: the lower of grant and safe default
+    SAFE_DEFAULT = "SafeDefault"  # the pod's cap cannot be trusted: the lower of grant and safe default
+    CONFLICT = "Conflict"  # pods sharing a GPU disagree: the lowest safe default among them
+    CLAMPED = "Clamped"  # the GPU accepts no limit as low as the cap: it holds its minimum
+    NVML_ERROR = "NvmlError"  # a GPU does not hold what the agent decided, or cannot be read
+    GUARDED = "Guarded"  # the draw guard holds the GPUs below the cap (oversubscribed budgets)
+    AGENT_STOPPED = "AgentStopped"  # the agent stopped and gave the GPUs their default limit back
+    UNMANAGED = "Unmanaged"  # no Enforce budget manages the pod any more; its GPUs are not capped
+
+
+_HELD_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,3}) GPU\(s\) hold at most (0|[1-9][0-9]{0,4}) W(?::|$)")
+
+
+@dataclass(frozen=True)
+class HeldWatts:
+    """What a pod's GPUs hold, as the agent reported it: how many GPUs, and the highest limit among them."""
+
+    gpus: int
+    max_watts: int
+
+    def text(self) -> str:
+        return f"{self.gpus} GPU(s) hold at most {self.max_watts} W"
+
+
+def power_capped_message(held: HeldWatts | None, detail: str) -> str:
+    """The condition's message: what the GPUs hold (when known), then the detail for people."""
+    if held is None:
+        return detail
+    return f"{held.text()}: {detail}" if detail else held.text()
+
+
+def held_watts_from_message(message: object) -> HeldWatts | None:
+    """What the GPUs hold according to a PowerCapped message; None when it does not say."""
+    if not isinstance(message, str):
+        return None
+    match = _HELD_PATTERN.match(message)
+    if match is None:
+        return None
+    return HeldWatts(int(match[1]), int(match[2]))

@@ -122,6 +122,12 @@ PRINTER_COLUMNS = [
     {"name": "Budget", "type": "integer", "jsonPath": ".spec.totalWatts", "description": "Budget in watts"},
     {"name": "Planned", "type": "number", "jsonPath": ".status.plannedWatts", "description": "Planned watts"},
     {
+        "name": "Enforced",
+        "type": "number",
+        "jsonPath": ".status.enforcedWatts",
+        "description": "Watts the GPUs can hold at most, as the agents report",
+    },
+    {
         "name": "Observed",
         "type": "number",
         "jsonPath": ".status.observedWatts",

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+from gpupower_api.contract import MAX_CAP_WATTS
+from gpupower_api.presets import PresetShape, preset_points
+
 GROUP = "gpupower.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -25,12 +28,18 @@ SHORT_NAME = "gpb"
 
 MAX_TARGETS = 16
 MAX_PROFILE_POINTS = 64
+# A replica serving more than this per second, in any unit, is a broken measurement.
+MAX_PROFILE_THROUGHPUT = 1e9
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+def cel(
+    rule: str, message: str, field_path: str | None = None, message_expression: str | None = None
+) -> JsonDict:
     """One ``x-kubernetes-validations`` entry; the generator copies it into the CRD."""
     entry: JsonDict = {"rule": rule, "message": message}
+    if message_expression is not None:
+        entry["messageExpression"] = message_expression
     if field_path is not None:
         entry["fieldPath"] = field_path
     return entry
@@ -89,51 +98,188 @@ class CapRange(ApiModel):
 class ProfilePoint(ApiModel):
     """Per-replica throughput measured at one per-GPU cap."""
 
-    watts: float = Field(gt=0, description="Per-GPU cap in watts at which the throughput was measured.")
+    watts: float = Field(
+        ge=1,
+        le=MAX_CAP_WATTS,
+        allow_inf_nan=False,
+        description="Per-GPU cap in watts at which the throughput was measured.",
+    )
     throughput: float = Field(
-        ge=0, description="Throughput of one replica at that cap, in the profile's unit."
+        ge=0,
+        le=MAX_PROFILE_THROUGHPUT,
+        allow_inf_nan=False,
+        description="Throughput of one replica at that cap, in the profile's unit.",
     )
 
 
+class ProfileSource(StrEnum):
+    POINTS = "Points"
+    PRESET = "Preset"
+    MEASURED = "Measured"
+
+
+_PRESET_FIELDS = ("peakThroughput", "maxWatts", "minWatts", "naturalWatts")
+
+
 class Profile(ApiModel):
-    """Per-replica throughput as a function of the per-GPU cap; linear between points, flat beyond."""
+    """Per-replica throughput as a function of the per-GPU cap: measured points or a preset estimate."""
+
+    # Points are linear between, flat beyond; a higher cap never serves less, so the
+    # planner uses the highest throughput reached at or below each cap (points may dip).
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "self.points.map(p, p.watts).isSorted()"
-                    " && self.points.all(p, self.points.exists_one(q, q.watts == p.watts))",
+                    "has(self.points) != has(self.preset)",
+                    "profile needs exactly one of points or preset",
+                ),
+                cel(
+                    "!has(self.points) || (self.points.map(p, p.watts).isSorted()"
+                    " && self.points.all(p, self.points.exists_one(q, q.watts == p.watts)))",
                     "profile.points must have strictly increasing watts",
                     ".points",
                 ),
                 cel(
-                    "self.points.map(p, p.throughput).isSorted()",
-                    "profile.points throughput must not decrease as watts increase",
-                    ".points",
+                    "!has(self.preset) || (has(self.peakThroughput) && has(self.maxWatts))",
+                    "profile.preset needs peakThroughput and maxWatts",
+                    ".preset",
+                ),
+                cel(
+                    "has(self.preset) || !("
+                    + " || ".join(f"has(self.{name})" for name in _PRESET_FIELDS)
+                    + ")",
+                    "profile." + ", ".join(_PRESET_FIELDS) + " go with a preset",
+                ),
+                cel(
+                    "!has(self.minWatts) || !has(self.maxWatts) || self.minWatts < self.maxWatts",
+                    "profile.minWatts must be < maxWatts",
+                    ".minWatts",
+                ),
+                cel(
+                    "!has(self.naturalWatts) || (has(self.preset) && self.preset == 'decode')",
+                    "profile.naturalWatts goes with the decode preset",
+                    ".naturalWatts",
+                ),
+                cel(
+                    "!has(self.naturalWatts) || ((!has(self.maxWatts) || self.naturalWatts <= self.maxWatts)"
+                    " && (!has(self.minWatts) || self.naturalWatts >= self.minWatts))",
+                    "profile.naturalWatts must be within minWatts..maxWatts",
+                    ".naturalWatts",
+                ),
+                cel(
+                    "!has(self.source) || (self.source == 'Preset') == has(self.preset)",
+                    "profile.source Preset goes with a preset, Points and Measured with points",
+                    ".source",
                 ),
             ]
         }
     )
 
     unit: str = Field(default="requests/s", description="Unit of throughput and demand, e.g. tokens/s.")
-    points: list[ProfilePoint] = Field(min_length=1, max_length=MAX_PROFILE_POINTS)
+    source: ProfileSource | None = Field(
+        default=None,
+        description="Where the profile came from: Points, Preset or Measured; omitted: Points or Preset.",
+    )
+    points: list[ProfilePoint] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_PROFILE_POINTS,
+        description="Measured points, strictly increasing watts; throughput may dip (the plan raises it).",
+    )
+    preset: PresetShape | None = Field(
+        default=None,
+        description="An estimate instead of points: prefill (compute-bound) or decode (memory-bound).",
+    )
+    peak_throughput: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_PROFILE_THROUGHPUT,
+        allow_inf_nan=False,
+        description="Preset: throughput of one replica at maxWatts, in the profile's unit.",
+    )
+    max_watts: float | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CAP_WATTS,
+        allow_inf_nan=False,
+        description="Preset: the GPU's highest power limit in watts, e.g. 700 for an H100 SXM.",
+    )
+    min_watts: float | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CAP_WATTS,
+        allow_inf_nan=False,
+        description="Preset: lowest cap the estimate covers in watts; omitted means 2/7 of maxWatts.",
+    )
+    natural_watts: float | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CAP_WATTS,
+        allow_inf_nan=False,
+        description="Decode preset: power decode draws uncapped, in watts; omitted means 3/7 of maxWatts.",
+    )
 
     @field_validator("points")
     @classmethod
-    def _ordered(cls, points: list[ProfilePoint]) -> list[ProfilePoint]:
-        for index, (before, after) in enumerate(pairwise(points), start=1):
+    def _ordered(cls, points: list[ProfilePoint] | None) -> list[ProfilePoint] | None:
+        for index, (before, after) in enumerate(pairwise(points or []), start=1):
             if after.watts <= before.watts:
                 raise ValueError(
                     f"points[{index}].watts ({after.watts:g}) must be greater than "
                     f"points[{index - 1}].watts ({before.watts:g})"
                 )
-            if after.throughput < before.throughput:
-                raise ValueError(
-                    f"points[{index}].throughput ({after.throughput:g}) must not be below "
-                    f"points[{index - 1}].throughput ({before.throughput:g})"
-                )
         return points
+
+    @model_validator(mode="after")
+    def _points_or_preset(self) -> Self:
+        preset_fields = {
+            "peakThroughput": self.peak_throughput,
+            "maxWatts": self.max_watts,
+            "minWatts": self.min_watts,
+            "naturalWatts": self.natural_watts,
+        }
+        if (self.points is None) == (self.preset is None):
+            raise ValueError("needs exactly one of points or preset")
+        if self.preset is None:
+            given = [name for name, value in preset_fields.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} go with a preset, not with points")
+        else:
+            if self.peak_throughput is None or self.max_watts is None:
+                raise ValueError("preset needs peakThroughput and maxWatts")
+            if self.min_watts is not None and self.min_watts >= self.max_watts:
+                raise ValueError(f"minWatts ({self.min_watts:g}) must be < maxWatts ({self.max_watts:g})")
+            if self.natural_watts is not None:
+                if self.preset is not PresetShape.DECODE:
+                    raise ValueError("naturalWatts goes with the decode preset")
+                low = self.min_watts if self.min_watts is not None else self.natural_watts
+                if not low <= self.natural_watts <= self.max_watts:
+                    raise ValueError(
+                        f"naturalWatts ({self.natural_watts:g}) must be within minWatts..maxWatts"
+                    )
+        if self.source is not None and (self.source is ProfileSource.PRESET) != (self.preset is not None):
+            raise ValueError("source Preset goes with a preset, Points and Measured with points")
+        return self
+
+    def curve(self) -> list[ProfilePoint]:
+        """The points the planner reads: the measured ones, or the preset's estimate."""
+        if self.points is not None:
+            return list(self.points)
+        if self.preset is None or self.peak_throughput is None or self.max_watts is None:
+            raise ValueError("needs exactly one of points or preset")  # unreachable once validated
+        return [
+            ProfilePoint(watts=watts, throughput=throughput)
+            for watts, throughput in preset_points(
+                self.preset, self.peak_throughput, self.max_watts, self.min_watts, self.natural_watts
+            )
+        ]
+
+    def origin(self) -> ProfileSource:
+        """Where the profile came from: ``source`` when given, else Points or Preset."""
+        if self.source is not None:
+            return self.source
+        return ProfileSource.PRESET if self.preset is not None else ProfileSource.POINTS
 
 
 class Engine(StrEnum):
@@ -344,13 +490,35 @@ class Target(ApiModel):
         """The cap range the planner uses: ``capWatts`` or, without it, the profile's span."""
         if self.cap_watts is not None:
             return self.cap_watts
-        low = self.profile.points[0].watts
-        high = self.profile.points[-1].watts
+        curve = self.profile.curve()
+        low = curve[0].watts
+        high = curve[-1].watts
         return CapRange(min=max(1, round(low)), max=max(1, round(high)))
+
+
+# A target's highest cap: capWatts.max, or without capWatts its profile's last point (as Target.cap_range).
+_TARGET_CAP_MAX = (
+    "(has(t.capWatts) ? double(t.capWatts.max) : has(t.profile.points)"
+    " ? t.profile.points[size(t.profile.points) - 1].watts : t.profile.maxWatts)"
+)
 
 
 class BudgetSpec(ApiModel):
     """Desired state: the power budget and the roles it covers."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.targets.all(t, double(self.safeDefaultWatts) <= {_TARGET_CAP_MAX})",
+                    "safeDefaultWatts must not be above any target's capWatts.max (without capWatts, its "
+                    "profile's last watts): the safe default is a floor to fall back to, never a way above "
+                    "a target's range",
+                    ".safeDefaultWatts",
+                )
+            ]
+        }
+    )
 
     total_watts: int = Field(gt=0, description="Power budget in watts for all GPUs of all targets.")
     mode: Mode = Field(
@@ -365,6 +533,21 @@ class BudgetSpec(ApiModel):
     prometheus: PrometheusSpec | None = Field(
         default=None, description="Prometheus for demand, latency and observed GPU power."
     )
+
+    @model_validator(mode="after")
+    def _safe_default_within_ranges(self) -> Self:
+        for index, target in enumerate(self.targets):
+            # As the CEL rule reads it: capWatts.max, else the profile's last watts (unrounded).
+            highest = (
+                target.cap_watts.max if target.cap_watts is not None else target.profile.curve()[-1].watts
+            )
+            if self.safe_default_watts > highest:
+                raise ValueError(
+                    f"safeDefaultWatts ({self.safe_default_watts} W) must not be above "
+                    f"targets[{index}].capWatts.max ({highest:g} W, target {target.name}): the safe default "
+                    "is a floor to fall back to, never a way above a target's range"
+                )
+        return self
 
     @field_validator("targets")
     @classmethod
@@ -405,6 +588,19 @@ class Condition(ApiModel):
     )
 
 
+class RaisedPoint(ApiModel):
+    """A measured point below one at a lower cap, and the throughput the plan uses instead."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    index: int = Field(description="Index of the point in profile.points.")
+    watts: float = Field(description="The point's cap in watts.")
+    throughput: float = Field(description="The throughput measured there.")
+    used_throughput: float = Field(
+        description="The throughput the plan uses there: the highest measured at or below that cap."
+    )
+
+
 class TargetStatus(ApiModel):
     """The plan for one target and what was observed of it."""
 
@@ -421,6 +617,16 @@ class TargetStatus(ApiModel):
     demand: float | None = Field(default=None, description="Demand planned for, in the profile's unit.")
     served_fraction: float = Field(description="Capacity / demand, at most 1 (1 without demand).")
     pods_annotated: int = Field(default=0, description="Pods of the target that carry the planned cap.")
+    pods_enforced: int = Field(
+        default=0,
+        description="Pods whose GPUs hold the planned cap, as their agents report it "
+        "(the gpupower.dev/PowerCapped pod condition).",
+    )
+    enforced_watts: float | None = Field(
+        default=None,
+        description="What the target's GPUs can draw at most now: the planned cap on the GPUs of "
+        "confirmed pods, the most the GPUs of the other pods can hold (W).",
+    )
     observed_watts: float | None = Field(
         default=None, description="Power the target's GPUs draw (DCGM through Prometheus), in watts."
     )
@@ -454,6 +660,17 @@ class TargetStatus(ApiModel):
         default=None,
         description="Where the effective cap range came from: CapWatts, Profile, Nodes or CapWattsAndNodes.",
     )
+    profile_source: str | None = Field(
+        default=None, description="Where the target's profile came from: Points, Preset or Measured."
+    )
+    profile_adjusted: bool | None = Field(
+        default=None,
+        description="True when some measured points dip and the plan raised them (see profileRaisedPoints).",
+    )
+    profile_raised_points: list[RaisedPoint] | None = Field(
+        default=None,
+        description="Points the plan raised: a higher cap never serves less than a lower one.",
+    )
 
 
 class BudgetStatus(ApiModel):
@@ -466,6 +683,11 @@ class BudgetStatus(ApiModel):
     strategy: str | None = Field(default=None, description="The strategy the plan was made with.")
     budget_watts: int | None = Field(default=None, description="The budget planned for, in watts.")
     planned_watts: float | None = Field(default=None, description="Power of the plan, in watts.")
+    enforced_watts: float | None = Field(
+        default=None,
+        description="What the targets' GPUs can draw at most now, from what the agents report they hold "
+        "(the ENFORCED column of kubectl get gpb), in watts.",
+    )
     observed_watts: float | None = Field(
         default=None, description="Power the targets' GPUs draw (DCGM through Prometheus), in watts."
     )

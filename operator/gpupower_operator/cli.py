@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpupower_api.models import API_VERSION, KIND, GpuPowerBudget, InvalidSpecError, Strategy, parse_budget
-from gpupower_operator import planner
+from gpupower_operator import planner, profile_cli, profiles
 from gpupower_operator.planner import Plan
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app = typer.Typer(
     help="Plan GPU power budgets: replicas and per-GPU caps that serve the most demand within the watts.",
     pretty_exceptions_enable=False,
 )
+app.add_typer(profile_cli.app, name="profile")
 # Tables keep their width when piped (rich would otherwise assume 80 columns).
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -142,8 +143,9 @@ def plan_document(plan: Plan, budget: GpuPowerBudget) -> dict[str, Any]:
                 "capacity": round(t.capacity, 6),
                 "demand": t.demand,
                 "servedFraction": round(t.served_fraction, 6),
+                **profiles.document(spec.profile),
             }
-            for t in plan.targets
+            for t, spec in zip(plan.targets, budget.spec.targets, strict=True)
         ],
     }
 
@@ -194,6 +196,13 @@ def print_plan(plan: Plan, budget: GpuPowerBudget) -> None:
     out.print(f"utilization {_percent(plan.utilization)}; {plan.reason}", markup=False)
     if plan.adjustment:
         out.print(f"note: {plan.adjustment}", markup=False)
+    for target in budget.spec.targets:
+        for line in (
+            profiles.note(target.name, target.profile),
+            profiles.source_note(target.name, target.profile),
+        ):
+            if line is not None:
+                out.print(f"note: {line}", markup=False)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ TARGETS_RESOLVED = "TargetsResolved"
 BUDGET_BINDING = "BudgetBinding"
 INFEASIBLE = "Infeasible"
 CONFLICT = "Conflict"
+ENFORCEMENT_STALLED = "EnforcementStalled"
 
 # The order conditions are listed in status.
-ORDER = (READY, TARGETS_RESOLVED, BUDGET_BINDING, INFEASIBLE, CONFLICT)
+ORDER = (READY, TARGETS_RESOLVED, BUDGET_BINDING, INFEASIBLE, CONFLICT, ENFORCEMENT_STALLED)
 
 # Ready
 REASON_ENFORCED = "Enforced"
@@ -40,6 +41,11 @@ REASON_FEASIBLE = "Feasible"
 # Conflict
 REASON_POD_OWNED_ELSEWHERE = "PodOwnedByOtherBudget"
 REASON_NO_CONFLICT = "NoConflict"
+# EnforcementStalled
+REASON_PODS_UNCONFIRMED = "PodsUnconfirmed"
+REASON_AWAITING_CONFIRMATION = "AwaitingConfirmation"
+REASON_CONFIRMED = "AllConfirmed"
+REASON_NOT_ENFORCING = "NotEnforcing"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ class OperatorConfig:
     prometheus_url: str | None = None
     log_level: str = "info"
     liveness_endpoint: str | None = None  # kopf's own probe, e.g. http://0.0.0.0:8081/healthz
+    enforcement_timeout_seconds: float = 60.0  # a pod unconfirmed this long: EnforcementStalled
     leader_election: LeaderElectionConfig | None = None  # None: standalone, always active
 
 
@@ -118,6 +119,12 @@ def parser() -> argparse.ArgumentParser:
         help="between two tries to acquire or renew (default 1); env GPUPOWER_LEADER_ELECTION_RETRY_SECONDS",
     )
     p.add_argument(
+        "--enforcement-timeout-seconds",
+        metavar="S",
+        help="how long a pod's caps may stay unconfirmed by its agent before EnforcementStalled "
+        "(raises keep waiting); env GPUPOWER_ENFORCEMENT_TIMEOUT_SECONDS",
+    )
+    p.add_argument(
         "--liveness-endpoint",
         metavar="URL",
         help="kopf's own liveness probe, e.g. http://0.0.0.0:8081/healthz; env GPUPOWER_LIVENESS_ENDPOINT",
@@ -149,6 +156,10 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Operator
     level = (value or defaults.log_level).lower()
     if level not in LOG_LEVELS:
         raise ConfigError(f"{name}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    value, name = pick(args.enforcement_timeout_seconds, "GPUPOWER_ENFORCEMENT_TIMEOUT_SECONDS")
+    enforcement_timeout = (
+        _float(value, name, 1.0) if value is not None else defaults.enforcement_timeout_seconds
+    )
     prometheus_url, _ = pick(args.prometheus_url, "GPUPOWER_PROMETHEUS_URL")
     liveness, _ = pick(args.liveness_endpoint, "GPUPOWER_LIVENESS_ENDPOINT")
     leader_election = _leader_election(args, pick)
@@ -159,6 +170,7 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Operator
         prometheus_url=prometheus_url,
         log_level=level,
         liveness_endpoint=liveness,
+        enforcement_timeout_seconds=enforcement_timeout,
         leader_election=leader_election,
     )
 

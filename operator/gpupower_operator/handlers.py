@@ -30,7 +30,12 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
+from gpupower_api.contract import (
+    BUDGET_ANNOTATION,
+    POWER_CAPPED_CONDITION,
+    POWER_LIMIT_ANNOTATION,
+    held_watts_from_message,
+)
 from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetStatus, InvalidSpecError, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
 from gpupower_operator import inventory
@@ -47,10 +52,25 @@ BACKOFF_MIN_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 30.0
 # How long a reconcile waits for the first listing of the Nodes (it never comes without RBAC for them).
 NODE_SYNC_WAIT_SECONDS = 10.0
+RECHECK_SLACK_SECONDS = 0.1
 
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def capped_report(status: Mapping[str, Any]) -> rc.CappedReport | None:
+    """The agent's ``gpupower.dev/PowerCapped`` condition in a raw pod status, if any."""
+    for condition in status.get("conditions") or ():
+        if isinstance(condition, Mapping) and condition.get("type") == POWER_CAPPED_CONDITION:
+            message = str(condition.get("message") or "")
+            return rc.CappedReport(
+                status=condition.get("status") == "True",
+                reason=str(condition.get("reason") or ""),
+                held=held_watts_from_message(message),
+                message=message,
+            )
+    return None
 
 
 def pod_state(body: Mapping[str, Any]) -> rc.PodState:
@@ -66,6 +86,7 @@ def pod_state(body: Mapping[str, Any]) -> rc.PodState:
         deleting=metadata.get("deletionTimestamp") is not None,
         node_name=(body.get("spec") or {}).get("nodeName") or None,
         node_selector=dict((body.get("spec") or {}).get("nodeSelector") or {}),
+        power_capped=capped_report(body.get("status") or {}),
     )
 
 
@@ -119,6 +140,8 @@ class Runtime:
         clock: Callable[[], str] = utc_now,
         max_concurrent_reconciles: int = 16,
         signals: SignalSource | None = None,
+        enforcement_timeout_seconds: float = rc.DEFAULT_ENFORCEMENT_TIMEOUT_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cluster = cluster
         self.metrics = metrics
@@ -143,6 +166,10 @@ class Runtime:
         self.written: dict[BudgetKey, BudgetStatus] = {}
         # Demand, observed power and corrections from Prometheus, for budgets that read it.
         self.signals = signals
+        # Since when each budget's pods have been unconfirmed by their agents (this process's clock).
+        self.enforcement_timeout_seconds = enforcement_timeout_seconds
+        self.unconfirmed_since: dict[BudgetKey, dict[str, float]] = {}
+        self.monotonic = monotonic
 
     def wake(self, keys: set[BudgetKey] | list[BudgetKey]) -> None:
         for key in keys:
@@ -161,6 +188,7 @@ class Runtime:
         if event.get("type") == "DELETED":
             self.budgets.pop(key, None)
             self.written.pop(key, None)
+            self.unconfirmed_since.pop(key, None)
             self.selectors.remove(key)
             self.node_users.pop(key, None)
             self.any_gpu_node_users.discard(key)
@@ -284,7 +312,7 @@ class Runtime:
                     return
                 wakeup.clear()
                 try:
-                    await self.reconcile(key)
+                    outcome = await self.reconcile(key)
                 except (ApiException, aiohttp.ClientError, OSError, TimeoutError, LookupError) as error:
                     kind = _error_kind(error)
                     self.metrics.errors.labels(kind).inc()
@@ -300,6 +328,9 @@ class Runtime:
                     backoff_seconds = min(backoff_seconds * 2, BACKOFF_MAX_SECONDS)
                 else:
                     delay_seconds = self.resync_seconds
+                    if outcome is not None and outcome.recheck_seconds is not None:
+                        # A pod may stall: look again when its wait runs out, to say so on time.
+                        delay_seconds = min(delay_seconds, outcome.recheck_seconds + RECHECK_SLACK_SECONDS)
                     backoff_seconds = BACKOFF_MIN_SECONDS
         finally:
             stopping.cancel()
@@ -314,6 +345,9 @@ class Runtime:
             started = time.monotonic()
             outcome = await self._decide(key, body)
             await self._apply(key, body, outcome)
+            now = self.monotonic()
+            since = self.unconfirmed_since.get(key, {})
+            self.unconfirmed_since[key] = {name: since.get(name, now) for name in outcome.unconfirmed}
             if any(not isinstance(write, rc.WriteStatus) for write in outcome.writes):
                 # The status went out before the last writes landed: look again to record them.
                 self.wake([key])
@@ -409,6 +443,8 @@ class Runtime:
                     selectors=self.selectors.selectors_of(other),
                 )
             )
+        waiting_since = self.unconfirmed_since.get(key, {})
+        clock = self.monotonic()
         observed = rc.Observed(
             budget=ref,
             spec=spec,
@@ -418,6 +454,11 @@ class Runtime:
             others=others,
             cap_ranges=ranges,
             signals=signals,
+            node_max_watts={
+                n: info.max_watts for n, info in self.nodes.items() if info.max_watts is not None
+            },
+            unconfirmed_seconds={pod: clock - since for pod, since in waiting_since.items()},
+            enforcement_timeout_seconds=self.enforcement_timeout_seconds,
         )
         return rc.reconcile(observed, the_plan, now)
 
@@ -501,6 +542,7 @@ class Runtime:
                 await self._write(key, {}, write)
         self.budgets.pop(key, None)
         self.written.pop(key, None)
+        self.unconfirmed_since.pop(key, None)
         self.selectors.remove(key)
         self.metrics.forget(namespace, name)
         log.info("budget deleted budget=%s/%s", namespace, name)

@@ -73,7 +73,13 @@ async def run(config: OperatorConfig) -> None:
         read_secret=kubernetes_secret_reader(api),
         count_failure=metrics.errors.labels("prometheus").inc,
     )
-    runtime = handlers.Runtime(KubeCluster(api), metrics, config.resync_seconds, signals=signal_source)
+    runtime = handlers.Runtime(
+        KubeCluster(api),
+        metrics,
+        config.resync_seconds,
+        signals=signal_source,
+        enforcement_timeout_seconds=config.enforcement_timeout_seconds,
+    )
     registry = kopf.OperatorRegistry()
 
     async def login(**_: Any) -> kopf.ConnectionInfo:

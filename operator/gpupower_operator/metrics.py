@@ -38,6 +38,12 @@ class OperatorMetrics:
             _BUDGET_LABELS,
             registry=r,
         )
+        self.enforced_watts = Gauge(
+            "gpupower_operator_enforced_watts",
+            "What a budget's GPUs can hold at most now, from what the agents report they hold.",
+            _BUDGET_LABELS,
+            registry=r,
+        )
         self.observed_watts = Gauge(
             "gpupower_operator_observed_watts",
             "Observed power of a budget's fleet (absent until measured).",
@@ -96,6 +102,7 @@ class OperatorMetrics:
         pairs: list[tuple[Gauge, float | None]] = [
             (self.budget_watts, status.budget_watts),
             (self.planned_watts, status.planned_watts),
+            (self.enforced_watts, status.enforced_watts),
             (self.observed_watts, status.observed_watts),
             (self.served_fraction, status.served_fraction),
             (self.utilization, status.utilization),
@@ -141,6 +148,7 @@ class OperatorMetrics:
         for gauge in (
             self.budget_watts,
             self.planned_watts,
+            self.enforced_watts,
             self.observed_watts,
             self.served_fraction,
             self.utilization,

@@ -153,7 +153,7 @@ def problem_from_spec(
                 max_replicas=target.max_replicas,
                 cap_min_watts=cap_min,
                 cap_max_watts=cap_max,
-                profile=tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.points),
+                profile=tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.curve()),
                 demand=demand.get(target.name, target.demand),
                 gpus_per_replica=target.gpus_per_replica,
                 power_factor=power_factor,
@@ -227,12 +227,8 @@ def _validate_target(field: str, target: TargetProblem) -> None:
             raise ValueError(
                 f"{field}.profile[{index}].throughput must be a finite number >= 0, got {point.throughput}"
             )
-        if index > 0:
-            before = target.profile[index - 1]
-            if point.watts <= before.watts:
-                raise ValueError(f"{field}.profile[{index}].watts must be greater than the point before it")
-            if point.throughput < before.throughput:
-                raise ValueError(f"{field}.profile[{index}].throughput must not be below the point before it")
+        if index > 0 and point.watts <= target.profile[index - 1].watts:
+            raise ValueError(f"{field}.profile[{index}].watts must be greater than the point before it")
 
 
 def validate_problem(problem: Problem) -> None:
@@ -259,13 +255,21 @@ def validate_problem(problem: Problem) -> None:
 
 
 def throughput_at(profile: Sequence[ProfilePoint], watts: float) -> float:
-    """Per-replica throughput at a per-GPU cap: linear between points, flat beyond the ends."""
+    """Per-replica throughput at a per-GPU cap: the profile's monotone envelope.
+
+    The profile is linear between points and flat beyond the ends; the envelope
+    is the highest value that reaches at any watts up to ``watts`` (a cap only
+    bounds power, so a higher cap never serves less). A piecewise-linear
+    function reaches its highest value over ``(-inf, watts]`` either at
+    ``watts`` or at a point at or below it, so that is what is compared.
+    """
     if watts <= profile[0].watts:
         return profile[0].throughput
     if watts >= profile[-1].watts:
-        return profile[-1].throughput
+        return max(p.throughput for p in profile)
     index = bisect_right([p.watts for p in profile], watts)
-    return _between(profile[index - 1], profile[index], watts)
+    best_below = max(p.throughput for p in profile[:index])
+    return max(_between(profile[index - 1], profile[index], watts), best_below)
 
 
 def _between(low: ProfilePoint, high: ProfilePoint, watts: float) -> float:
@@ -278,7 +282,8 @@ def _throughputs_on_grid(profile: Sequence[ProfilePoint], grid: Sequence[int]) -
     """:func:`throughput_at` at every cap of an ascending grid, a segment at a time.
 
     The arithmetic is :func:`_between`'s, the same operations in the same order,
-    so every value is bit-for-bit what :func:`throughput_at` returns.
+    and the envelope takes the same maximum, so every value is bit-for-bit what
+    :func:`throughput_at` returns.
     """
     first, last = profile[0], profile[-1]
     start = bisect_right(grid, first.watts)  # caps at or below the first point
@@ -291,8 +296,37 @@ def _throughputs_on_grid(profile: Sequence[ProfilePoint], grid: Sequence[int]) -
         values.extend(
             map(add, repeat(low.throughput), map(mul, shares, repeat(high.throughput - low.throughput)))
         )
-    values.extend(repeat(last.throughput, len(grid) - end))
+    values.extend(repeat(max(p.throughput for p in profile), len(grid) - end))
+    if not raised_points(profile):
+        # Nothing dips: every value is already at least the best point below it (x + y >= x for y >= 0).
+        return values
+    # The envelope: no cap below the best of the points at or below it.
+    best_below = list(accumulate((p.throughput for p in profile), max))
+    point_watts = [p.watts for p in profile]
+    for k in range(start, end):
+        values[k] = max(values[k], best_below[bisect_right(point_watts, grid[k]) - 1])
     return values
+
+
+@dataclass(frozen=True)
+class RaisedPoint:
+    """A profile point below the best at a lower cap: the envelope uses ``used_throughput`` there."""
+
+    index: int
+    watts: float
+    throughput: float
+    used_throughput: float
+
+
+def raised_points(profile: Sequence[ProfilePoint]) -> tuple[RaisedPoint, ...]:
+    """The points the monotone envelope raises (empty when throughput never falls as watts rise)."""
+    raised = []
+    best = -math.inf
+    for index, point in enumerate(profile):
+        if point.throughput < best:
+            raised.append(RaisedPoint(index, point.watts, point.throughput, best))
+        best = max(best, point.throughput)
+    return tuple(raised)
 
 
 def cap_grid(cap_min_watts: int, cap_max_watts: int, step_watts: int) -> tuple[int, ...]:
@@ -909,6 +943,7 @@ __all__ = [
     "Plan",
     "Problem",
     "ProfilePoint",
+    "RaisedPoint",
     "TargetPlan",
     "TargetProblem",
     "brute_force",
@@ -922,6 +957,7 @@ __all__ = [
     "plan",
     "problem_from_spec",
     "proportional",
+    "raised_points",
     "replica_throughput",
     "served_fraction",
     "target_milliwatts",

@@ -19,6 +19,17 @@ After steps 1-2 every target runs at most min(old, new) replicas at at most
 min(old, new) cap, which is within both plans; steps 4-5 only climb to the new
 plan. A pod that has no cap yet (a new replica) is capped in step 1 when the old
 grant allows it, so a hand-scaled replica is capped before anything else.
+
+An order of API writes is not yet an order on the hardware: a lowered cap holds
+only once the pod's agent has applied it. So steps 4-5 are gated on what the
+agents report (the ``gpupower.dev/PowerCapped`` pod condition, see
+:mod:`gpupower_api.contract`): every pod counts at the most its GPUs can hold
+now (:func:`pod_bound_watts`: what its agent reports, or the caps on their way,
+or the node's GPU maximum when no agent vouches for it), and a raise is made only
+when the fleet, counted that way, stays within the budget after it. Until then
+the raises wait for the next reconcile (the agents' reports wake it); a pod that
+stays unconfirmed longer than the enforcement timeout shows as
+``EnforcementStalled``, naming the pods and nodes, and keeps holding the raises.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from gpupower_api.contract import (
     BUDGET_ANNOTATION,
     MAX_CAP_WATTS,
     POWER_LIMIT_ANNOTATION,
+    HeldWatts,
+    PowerCappedReason,
     format_power_limit,
 )
 from gpupower_api.models import (
@@ -44,11 +57,13 @@ from gpupower_api.models import (
 )
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 from gpupower_operator import conditions as cond
-from gpupower_operator import inventory
+from gpupower_operator import inventory, profiles
 from gpupower_operator.planner import Plan
 from gpupower_operator.signals import METRICS_AVAILABLE, Signals
 
 MAX_NAMED_CONFLICTS = 3
+MAX_NAMED_PODS = 5
+DEFAULT_ENFORCEMENT_TIMEOUT_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------------------
@@ -56,8 +71,18 @@ MAX_NAMED_CONFLICTS = 3
 
 
 @dataclass(frozen=True)
+class CappedReport:
+    """The agent's ``gpupower.dev/PowerCapped`` condition on a pod: its verdict and what the GPUs hold."""
+
+    status: bool
+    reason: str
+    held: HeldWatts | None  # None: the agent could not say (GPUs unreadable, none allocated yet)
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class PodState:
-    """A pod as the operator sees it: labels, the two contract annotations, liveness."""
+    """A pod as the operator sees it: labels, the two contract annotations, liveness, the agent's report."""
 
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -67,6 +92,7 @@ class PodState:
     deleting: bool = False
     node_name: str | None = None  # the node it is bound to; None while pending
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    power_capped: CappedReport | None = None
 
     @property
     def active(self) -> bool:
@@ -125,6 +151,11 @@ class Observed:
     others: Sequence[OtherBudget] = ()
     signals: Signals | None = None  # from Prometheus, when the budget reads it
     cap_ranges: Sequence[inventory.EffectiveRange] = ()  # each target's range after its nodes' limits
+    # The highest limit each node's GPUs accept (its inventory): what an unconfirmed pod's GPU may hold.
+    node_max_watts: Mapping[str, int] = field(default_factory=dict)
+    # How long each pod (by name) has been unconfirmed, as the shell remembers it from earlier reconciles.
+    unconfirmed_seconds: Mapping[str, float] = field(default_factory=dict)
+    enforcement_timeout_seconds: float = DEFAULT_ENFORCEMENT_TIMEOUT_SECONDS
 
 
 # ---------------------------------------------------------------------------
@@ -193,6 +224,8 @@ class Outcome:
     steps: tuple[tuple[Write, ...], ...]
     events: tuple[Event, ...] = ()
     selectors: Mapping[str, str] = field(default_factory=dict)
+    unconfirmed: tuple[str, ...] = ()  # pods whose GPUs are not confirmed to hold what they should
+    recheck_seconds: float | None = None  # look again then, even if nothing changes (a stall to report)
 
     @property
     def writes(self) -> list[Write]:
@@ -297,6 +330,196 @@ def order_writes(
     return writes
 
 
+# ---------------------------------------------------------------------------
+# What the hardware holds, as the agents report it
+
+
+def pod_bound_watts(pod: PodState, cap_watts: int, gpus: int, node_max_watts: int) -> float:
+    """The most the GPUs of ``pod`` can hold now, in watts, when it should hold ``cap_watts`` per GPU.
+
+    - not bound to a node yet, or reported ``AwaitingDevices``: no GPU holds anything
+      for it yet, and its agent caps a GPU as the kubelet allocates it, before the
+      containers start: its cap;
+    - reported with what its GPUs hold: the higher of that and its cap (the cap
+      may be on its way up; a lowered cap counts only once reported);
+    - no report, or a report that cannot say (GPUs unreadable, an unmanaged pod):
+      the highest limit its node's GPUs accept.
+    """
+    report = pod.power_capped
+    if pod.node_name is None or (report is not None and report.reason == PowerCappedReason.AWAITING_DEVICES):
+        return float(cap_watts * gpus)
+    if report is None or report.held is None:
+        return float(node_max_watts * gpus)
+    return float(max(report.held.max_watts, cap_watts) * max(gpus, report.held.gpus))
+
+
+def confirmed(pod: PodState, cap_watts: int) -> bool:
+    """Whether the pod's agent reports every GPU of it holding at most ``cap_watts``."""
+    report = pod.power_capped
+    return (
+        report is not None
+        and report.status
+        and report.held is not None
+        and report.held.max_watts <= cap_watts
+    )
+
+
+def _why_unconfirmed(pod: PodState) -> str:
+    report = pod.power_capped
+    if report is None:
+        return "no report from an agent on its node"
+    detail = report.message.split(": ", 1)[-1][:80] if report.message else ""
+    return f"{report.reason}: {detail}" if detail else report.reason
+
+
+@dataclass(frozen=True)
+class _Enforcement:
+    """What the gate decided: raises held back, the watts the GPUs can hold, the pods not confirmed."""
+
+    deferred: frozenset[int]  # indexes into the phased writes
+    enforced_watts: float  # existing pods, after the writes made now
+    target_watts: Mapping[str, float]
+    pods_enforced: Mapping[str, int]
+    unconfirmed: tuple[PodState, ...]
+    prospective_watts: float  # what the gate compared: the enforced watts, replicas to come, raises made
+    held_raises: int
+
+
+def _enforcement(
+    observed: Observed,
+    plan: Plan,
+    target_pods: Sequence[_TargetPods],
+    phased: Sequence[tuple[Phase, Write]],
+) -> _Enforcement:
+    """Gate the raises on what the agents report (see the module docstring)."""
+    spec = observed.spec
+    budget = observed.budget.name
+    known_max = max(observed.node_max_watts.values(), default=None)
+    annotate = {
+        w.pod: (phase, index, w) for index, (phase, w) in enumerate(phased) if isinstance(w, AnnotatePod)
+    }
+
+    def node_max(pod: PodState, target_max: int) -> int:
+        found = observed.node_max_watts.get(pod.node_name or "")
+        return found if found is not None else (known_max if known_max is not None else target_max)
+
+    ranges = {r.target: r for r in observed.cap_ranges}
+    baseline = 0.0
+    by_target: dict[str, float] = {}
+    enforced_count: dict[str, int] = {}
+    unconfirmed: list[PodState] = []
+    increments: dict[int, float] = {}
+    for target, found in zip(spec.targets, target_pods, strict=True):
+        planned = plan.target(target.name)
+        gpus = target.gpus_per_replica
+        effective = ranges.get(target.name)
+        target_max = (
+            effective.max_watts if effective is not None and not effective.empty else target.cap_range().max
+        )
+        fallback = min(planned.cap_watts, spec.safe_default_watts)
+        watts = 0.0
+        enforced_count[target.name] = 0
+        for pod in found.pods:
+            current = pod.cap_watts_from(budget)
+            write = annotate.get(pod.name)
+            now_cap = current if current is not None else fallback
+            after_cap = now_cap
+            if write is not None and write[0] == Phase.CAPS_DOWN:
+                after_cap = write[2].cap_watts
+            bound = pod_bound_watts(pod, after_cap, gpus, node_max(pod, target_max))
+            watts += bound
+            if write is not None and write[0] == Phase.CAPS_UP:
+                raised = pod_bound_watts(pod, write[2].cap_watts, gpus, node_max(pod, target_max))
+                increments[write[1]] = raised - bound
+            if pod.carries(planned.cap_watts, budget) and confirmed(pod, planned.cap_watts):
+                enforced_count[target.name] += 1
+            report = pod.power_capped
+            waiting_for_devices = report is not None and report.reason == PowerCappedReason.AWAITING_DEVICES
+            if pod.node_name is not None and not waiting_for_devices and not confirmed(pod, after_cap):
+                unconfirmed.append(pod)
+        # Pods being deleted hold their GPUs until they are gone.
+        selector = found.selector
+        for pod in observed.pods:
+            if (
+                pod.deleting
+                and pod.node_name is not None
+                and selector is not None
+                and selector.matches(pod.labels)
+            ):
+                current = pod.cap_watts_from(budget)
+                watts += pod_bound_watts(pod, current or fallback, gpus, node_max(pod, target_max))
+        by_target[target.name] = watts
+        baseline += watts
+    enforced_watts = baseline
+    # Replicas the workloads run or will run that have no pod yet: capped at their grant as they arrive.
+    for target, found in zip(spec.targets, target_pods, strict=True):
+        workload = observed.workloads.get(target.name)
+        if isinstance(workload, WorkloadState) and not found.contested:
+            planned = plan.target(target.name)
+            coming = max(0, min(workload.replicas, planned.replicas) - len(found.pods))
+            baseline += coming * target.gpus_per_replica * planned.cap_watts
+    for index, (phase, item) in enumerate(phased):
+        if phase == Phase.REPLICAS_UP and isinstance(item, ScaleWorkload):
+            scaled = next(t for t in spec.targets if t.name == item.target)
+            added = item.to_replicas - max(item.from_replicas, 0)
+            increments[index] = added * scaled.gpus_per_replica * plan.target(item.target).cap_watts
+    raising = {index: watts for index, watts in increments.items() if watts > 0}
+    threshold = max(float(spec.total_watts), plan.watts)
+    prospective = baseline + sum(raising.values())
+    deferred = frozenset(raising) if raising and prospective > threshold + 1e-6 else frozenset()
+    if deferred:
+        prospective = baseline
+    else:
+        enforced_watts += sum(w for i, w in raising.items() if isinstance(phased[i][1], AnnotatePod))
+    return _Enforcement(
+        deferred=deferred,
+        enforced_watts=enforced_watts,
+        target_watts=by_target,
+        pods_enforced=enforced_count,
+        unconfirmed=tuple(unconfirmed),
+        prospective_watts=prospective,
+        held_raises=len(deferred),
+    )
+
+
+def _stalled_condition(
+    observed: Observed, unconfirmed: Sequence[PodState]
+) -> tuple[cond.ConditionUpdate, float | None]:
+    """EnforcementStalled, and when to look again for a pod that may stall."""
+    timeout = observed.enforcement_timeout_seconds
+    waited = {pod.name: observed.unconfirmed_seconds.get(pod.name, 0.0) for pod in unconfirmed}
+    stalled = [pod for pod in unconfirmed if waited[pod.name] >= timeout]
+    pending = [timeout - waited[pod.name] for pod in unconfirmed if waited[pod.name] < timeout]
+    recheck = min(pending) if pending else None
+    if stalled:
+        nodes = sorted({pod.node_name or "-" for pod in stalled})
+        named = "; ".join(
+            f"pod {observed.budget.namespace}/{pod.name} on node {pod.node_name} ({_why_unconfirmed(pod)})"
+            for pod in stalled[:MAX_NAMED_PODS]
+        )
+        more = len(stalled) - MAX_NAMED_PODS
+        return (
+            cond.true(
+                cond.ENFORCEMENT_STALLED,
+                cond.REASON_PODS_UNCONFIRMED,
+                f"{len(stalled)} pod(s) on node(s) {', '.join(nodes)} have not confirmed their caps on the "
+                f"hardware for {timeout:g}s or more; raises wait for them: {named}"
+                + (f" and {more} more" if more > 0 else ""),
+            ),
+            recheck,
+        )
+    if unconfirmed:
+        return (
+            cond.false(
+                cond.ENFORCEMENT_STALLED,
+                cond.REASON_AWAITING_CONFIRMATION,
+                f"{len(unconfirmed)} pod(s) awaiting their agents' confirmation (for less than {timeout:g}s)",
+            ),
+            recheck,
+        )
+    return cond.false(cond.ENFORCEMENT_STALLED, cond.REASON_CONFIRMED, "every pod's caps are confirmed"), None
+
+
 def _round(value: float, digits: int = 4) -> float:
     return round(float(value), digits)
 
@@ -356,6 +579,9 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         if enforce
         else []
     )
+    enforcement = _enforcement(observed, plan, target_pods, phased) if enforce else None
+    if enforcement is not None and enforcement.deferred:
+        phased = [item for index, item in enumerate(phased) if index not in enforcement.deferred]
 
     # Pods counted as annotated in the status: those already right, and those capped before the status.
     annotated_after = {
@@ -368,6 +594,16 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         w.pod for phase, w in phased if phase == Phase.CAPS_DOWN and isinstance(w, AnnotatePod)
     )
     targets = _target_statuses(spec, plan, observed.workloads, target_pods, annotated_after)
+    if enforcement is not None:
+        targets = [
+            t.model_copy(
+                update={
+                    "pods_enforced": enforcement.pods_enforced.get(t.name, 0),
+                    "enforced_watts": _round(enforcement.target_watts.get(t.name, 0.0), 1),
+                }
+            )
+            for t in targets
+        ]
     signals = observed.signals
     if signals is not None:
         targets = [t.model_copy(update=signals.target_status(t.name)) for t in targets]
@@ -375,6 +611,10 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     targets = [
         t.model_copy(update=inventory.target_status(ranges[t.name])) if t.name in ranges else t
         for t in targets
+    ]
+    targets = [
+        t.model_copy(update=profiles.target_status(target.profile))
+        for t, target in zip(targets, spec.targets, strict=True)
     ]
 
     updates: list[cond.ConditionUpdate] = []
@@ -447,25 +687,50 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         for found in target_pods
         if isinstance(observed.workloads.get(found.target), WorkloadState) and not found.contested
     )
+    running = sum(len(found.pods) for found in target_pods)
+    pods_enforced = sum(enforcement.pods_enforced.values()) if enforcement is not None else 0
+    stalled, recheck = (
+        _stalled_condition(observed, enforcement.unconfirmed)
+        if enforcement is not None
+        else (
+            cond.false(cond.ENFORCEMENT_STALLED, cond.REASON_NOT_ENFORCING, "Advisory: nothing is enforced"),
+            None,
+        )
+    )
+    conflict = updates[-1]
+    updates.append(stalled)
     if missing:
         ready = cond.false(cond.READY, cond.REASON_WORKLOAD_NOT_FOUND, updates[0].message)
     elif contested:
-        ready = cond.false(cond.READY, cond.REASON_POD_OWNED_ELSEWHERE, updates[-1].message)
+        ready = cond.false(cond.READY, cond.REASON_POD_OWNED_ELSEWHERE, conflict.message)
     elif not plan.feasible:
         ready = cond.false(cond.READY, cond.REASON_FLOOR_EXCEEDS_BUDGET, updates[2].message)
     elif not enforce:
         ready = cond.true(
             cond.READY, cond.REASON_ADVISORY, _plan_summary(plan) + " (advisory: nothing enforced)"
         )
-    elif pending or unseen:
+    elif (
+        pending or unseen or (enforcement is not None and enforcement.held_raises) or pods_enforced < running
+    ):
+        held = enforcement.held_raises if enforcement is not None else 0
+        waiting = (
+            f"{held} raise(s) held until the lowered caps are confirmed "
+            f"({enforcement.prospective_watts:g} W could be held now, budget {spec.total_watts:g} W); "
+            if enforcement is not None and held
+            else ""
+        )
         ready = cond.false(
             cond.READY,
             cond.REASON_ENFORCING,
-            f"{len(pending)} write(s) in progress, {unseen} planned pod(s) not created yet; "
-            + _plan_summary(plan),
+            f"{waiting}{len(pending)} write(s) in progress, {unseen} planned pod(s) not created yet, "
+            f"{pods_enforced} of {running} pod(s) confirmed on the hardware; " + _plan_summary(plan),
         )
     else:
-        ready = cond.true(cond.READY, cond.REASON_ENFORCED, _plan_summary(plan))
+        ready = cond.true(
+            cond.READY,
+            cond.REASON_ENFORCED,
+            _plan_summary(plan) + f"; every pod's GPUs hold it ({pods_enforced} pod(s) confirmed)",
+        )
     updates.insert(0, ready)
 
     old = observed.old_status
@@ -489,6 +754,7 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         strategy=str(plan.strategy),
         budget_watts=spec.total_watts,
         planned_watts=_round(plan.watts, 1),
+        enforced_watts=_round(enforcement.enforced_watts, 1) if enforcement is not None else None,
         observed_watts=None
         if signals is None or signals.observed_watts is None
         else _round(signals.observed_watts, 1),
@@ -504,7 +770,12 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         events.append(Event("Normal", "PlanChanged", _plan_summary(plan)))
     old_conflict = old.condition(cond.CONFLICT) if old else None
     if contested and (old_conflict is None or old_conflict.status != ConditionStatus.TRUE):
-        events.append(Event("Warning", "Conflict", updates[-1].message))
+        events.append(Event("Warning", "Conflict", conflict.message))
+    old_stalled = old.condition(cond.ENFORCEMENT_STALLED) if old else None
+    if stalled.status == ConditionStatus.TRUE and (
+        old_stalled is None or old_stalled.status != ConditionStatus.TRUE
+    ):
+        events.append(Event("Warning", cond.ENFORCEMENT_STALLED, stalled.message))
 
     if status_differs(old, status):
         phased.append((Phase.STATUS, WriteStatus(status)))
@@ -512,7 +783,14 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         tuple(w for p, w in phased if p == phase) for phase in Phase if any(p == phase for p, _ in phased)
     )
     selectors = {name: w.selector for name, w in observed.workloads.items() if isinstance(w, WorkloadState)}
-    return Outcome(status=status, steps=steps, events=tuple(events), selectors=selectors)
+    return Outcome(
+        status=status,
+        steps=steps,
+        events=tuple(events),
+        selectors=selectors,
+        unconfirmed=tuple(pod.name for pod in enforcement.unconfirmed) if enforcement is not None else (),
+        recheck_seconds=recheck,
+    )
 
 
 def cap_error(spec: BudgetSpec, plan: Plan) -> InvalidSpecError | None:

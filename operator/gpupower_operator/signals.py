@@ -231,7 +231,7 @@ def _observation(
     planned = old_status.target(target.name) if old_status is not None else None
     if planned is None or enforced_for_seconds is None or enforced_for_seconds < settle_seconds(target):
         return None
-    profile = tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.points)
+    profile = tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.curve())
     predicted = planned.planned_replicas * throughput_at(profile, planned.cap_watts)
     watts_per_gpu = (
         reading.power_watts / reading.gpus_reporting
@@ -262,10 +262,11 @@ def recent_window(
 
 
 def enforced(planned: TargetStatus) -> bool:
-    """Whether the fleet runs the target's plan: its replicas, each pod annotated with the planned cap."""
+    """Whether the fleet runs the target's plan: its replicas, each pod's GPUs holding the planned cap
+    as its agent reports it (not only annotated with it)."""
     return (
         planned.current_replicas == planned.planned_replicas
-        and planned.pods_annotated >= planned.planned_replicas
+        and planned.pods_enforced >= planned.planned_replicas
     )
 
 

@@ -1,4 +1,9 @@
-"""Helpers to run the real node agent against the real API server: process, fake GPUs, a cuttable proxy."""
+"""Helpers to run the real node agent against the real API server: process, GPUs, a cuttable proxy.
+
+The agent's GPUs are either the fake NVML (``nvml="fake"``, ``--fake-gpus``) or the real NVML
+adapter on the stand-in ``libnvidia-ml.so.1`` (``nvml="stub"``, tests/nvmlstub); the same
+helpers read what the GPUs hold and act on them, in the fake's vocabulary, for both.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,25 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gpupower_agent.nvml import fake_gpu_uuid
+from gpupower_agent.cluster import PodKey
+from gpupower_agent.nvml import GPU_MODELS, fake_gpu_uuid, fake_mig_uuid
+from gpupower_agent.podresources import GPU_RESOURCE, FakePodResourcesServer
 from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
 from tests.children import tied_to_this_process
-from tests.envtest import REPO, ControlPlane, source_env, wait_for
+from tests.envtest import REPO, ControlPlane, source_env, unique_name, wait_for
+from tests.nvmlstub import StubGpu, StubMig, StubState, edit_state, read_state, stub_env, write_state
 
 AGENT_RBAC = REPO / "manifests" / "agent" / "rbac.yaml"
+AGENT_POLICY = REPO / "manifests" / "agent" / "admission-policy.yaml"
 AGENT_NAMESPACE = "gpupower-system"
+AGENT_ACCOUNT = "gpupower-agent"
 
 
 def free_port() -> int:
@@ -35,11 +45,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def agent_kubeconfig(control_plane: ControlPlane, directory: Path) -> Path:
-    """A kubeconfig for the agent's own ServiceAccount, bound by manifests/agent/rbac.yaml."""
+def install_agent_rbac(control_plane: ControlPlane) -> None:
+    """The agent's ServiceAccount, roles and admission policy from manifests/agent/."""
     control_plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AGENT_NAMESPACE}})
-    control_plane.kubectl("apply", "-f", str(AGENT_RBAC))
-    return control_plane.service_account_kubeconfig(AGENT_NAMESPACE, "gpupower-agent", directory)
+    control_plane.kubectl("apply", "-f", str(AGENT_RBAC), "-f", str(AGENT_POLICY))
+
+
+def agent_kubeconfig(control_plane: ControlPlane, directory: Path, node_name: str) -> Path:
+    """A kubeconfig for the agent's own ServiceAccount (manifests/agent/rbac.yaml) with the token a
+    DaemonSet pod on ``node_name`` would have: bound to that pod, so it names the node."""
+    install_agent_rbac(control_plane)
+    pod = control_plane.daemon_pod(AGENT_NAMESPACE, f"gpupower-agent-{node_name}", AGENT_ACCOUNT, node_name)
+    return control_plane.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_ACCOUNT, directory, bound_pod=pod)
 
 
 def with_server(kubeconfig: Path, server: str, directory: Path) -> Path:
@@ -58,9 +75,12 @@ def api_server_address(kubeconfig: Path) -> tuple[str, int]:
     return host, int(port)
 
 
+NVML_BACKENDS = ("fake", "stub")
+
+
 @dataclass
 class AgentProcess:
-    """The real ``python -m gpupower_agent`` with fake GPUs, run for one test or one module."""
+    """The real ``python -m gpupower_agent`` on fake or stand-in GPUs, run for one test or one module."""
 
     node_name: str
     kubeconfig: Path
@@ -70,13 +90,19 @@ class AgentProcess:
     model: str = "h100-sxm"
     safe_default_watts: int = 250
     extra_args: list[str] = field(default_factory=list)
+    nvml: str = "fake"  # or "stub": the real NVML adapter on the stand-in library
     metrics_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
     @property
     def gpu_state_path(self) -> Path:
-        return self.workdir / "fake-gpus.json"
+        """The file that holds the GPUs: the fake's JSON, or the stand-in library's state."""
+        return self.workdir / ("fake-gpus.json" if self.nvml == "fake" else "nvml-stub.state")
+
+    @property
+    def load_path(self) -> Path:
+        return self.workdir / "fake-gpu-load.json"
 
     @property
     def state_file(self) -> Path:
@@ -85,10 +111,35 @@ class AgentProcess:
     def uuid(self, index: int) -> str:
         return fake_gpu_uuid(self.node_name, index)
 
+    def mig_uuid(self, index: int, position: int) -> str:
+        """The UUID of MIG device ``position`` of GPU ``index`` (see ``edit_gpu(index, migDevices=...)``)."""
+        return fake_mig_uuid(self.node_name, index, position)
+
+    def _gpu_args(self) -> tuple[list[str], dict[str, str]]:
+        if self.nvml == "fake":
+            args = ["--fake-gpus", f"{self.gpus}:{self.model}", "--fake-gpu-state", str(self.gpu_state_path)]
+            return [*args, "--fake-gpu-load", str(self.load_path)], {}
+        assert self.nvml == "stub", self.nvml
+        self.install_stub_gpus()
+        return [], stub_env(self.gpu_state_path)
+
+    def install_stub_gpus(self) -> None:
+        """Give the stand-in its GPUs, unless it has them (on a restart the GPUs keep what they hold).
+
+        ``start`` does it; a test that edits the GPUs before the first start calls it first.
+        """
+        if not self.gpu_state_path.exists():
+            model = GPU_MODELS[self.model]
+            write_state(
+                self.gpu_state_path,
+                StubState([StubGpu.of_model(self.uuid(i), model) for i in range(self.gpus)]),
+            )
+
     def start(self) -> AgentProcess:
         self.metrics_port = free_port()
         runs = len(list(self.workdir.glob("agent-*.log")))
         self.log_path = self.workdir / f"agent-{runs}.log"
+        gpu_args, gpu_env = self._gpu_args()
         args = [
             sys.executable,
             "-m",
@@ -99,10 +150,7 @@ class AgentProcess:
             "pod-resources",
             "--pod-resources-socket",
             str(self.socket_path),
-            "--fake-gpus",
-            f"{self.gpus}:{self.model}",
-            "--fake-gpu-state",
-            str(self.gpu_state_path),
+            *gpu_args,
             "--safe-default-watts",
             str(self.safe_default_watts),
             "--state-file",
@@ -117,7 +165,7 @@ class AgentProcess:
             "info",
             *self.extra_args,
         ]
-        env = source_env({"KUBECONFIG": str(self.kubeconfig)})
+        env = source_env({"KUBECONFIG": str(self.kubeconfig), **gpu_env})
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -181,32 +229,160 @@ class AgentProcess:
                 return float(value)
         return None
 
-    def limits(self) -> dict[str, int]:
-        """What the fake hardware holds: GPU UUID -> limit in watts (read from the fake's state file)."""
+    def limits(self) -> dict[str, float]:
+        """What the hardware holds: GPU UUID -> limit in watts (read from the fake's or stand-in's file)."""
+        if self.nvml == "stub":
+            try:
+                return {gpu.uuid: gpu.limit_watts for gpu in read_state(self.gpu_state_path).gpus}
+            except (OSError, ValueError):
+                return {}
         try:
             gpus = json.loads(self.gpu_state_path.read_text())
         except (OSError, ValueError):
             return {}
         return {gpu["uuid"]: gpu["limitWatts"] for gpu in gpus}
 
-    def limit(self, index: int) -> int | None:
+    def limit(self, index: int) -> float | None:
         return self.limits().get(self.uuid(index))
 
     def edit_gpu(self, index: int, **changes: Any) -> None:
-        """Act on the fake hardware from outside (a fault, or a limit set behind the agent's back)."""
+        """Act on the hardware from outside (a fault, or a limit set behind the agent's back).
+
+        In the fake's vocabulary (``limitWatts``, ``faults``, ``lost``, ``pids``, ``model``,
+        ``migDevices``), for the stand-in too.
+        """
+        if self.nvml == "stub":
+            edit_state(
+                self.gpu_state_path, lambda state: self._edit_stub_gpu(state.gpus[index], index, changes)
+            )
+            return
         gpus = json.loads(self.gpu_state_path.read_text())
         gpus[index].update(changes)
         tmp = self.gpu_state_path.with_suffix(".edit")
         tmp.write_text(json.dumps(gpus))
         tmp.replace(self.gpu_state_path)
 
-    def wait_limit(self, index: int, watts: int, timeout: float = 10) -> None:
+    def _edit_stub_gpu(self, gpu: StubGpu, index: int, changes: dict[str, Any]) -> None:
+        for key, value in changes.items():
+            if key == "limitWatts":
+                gpu.limit_mw = round(value * 1000)
+            elif key == "faults":
+                gpu.faults = dict(value)
+            elif key in ("lost", "pids"):
+                setattr(gpu, key, value)
+            elif key == "model":
+                swapped = StubGpu.of_model(gpu.uuid, GPU_MODELS[value])
+                swapped.limit_mw = min(max(gpu.limit_mw, swapped.min_mw), swapped.max_mw)
+                gpu.name, gpu.min_mw, gpu.max_mw = swapped.name, swapped.min_mw, swapped.max_mw
+                gpu.default_mw, gpu.idle_mw, gpu.limit_mw = (
+                    swapped.default_mw,
+                    swapped.idle_mw,
+                    swapped.limit_mw,
+                )
+            elif key == "migDevices":
+                gpu.mig = "disabled" if value is None else "enabled"
+                gpu.migs = [
+                    StubMig(self.mig_uuid(index, i), profile) for i, profile in enumerate(value or ())
+                ]
+            else:
+                raise ValueError(f"no such change to a stand-in GPU: {key}")
+
+    def set_load(self, index: int, watts: float | None) -> None:
+        """What the workload on GPU ``index`` would draw uncapped (None: nothing, it idles)."""
+        if self.nvml == "stub":
+
+            def change(state: StubState) -> None:
+                state.gpus[index].load_mw = None if watts is None else round(watts * 1000)
+
+            edit_state(self.gpu_state_path, change)
+            return
+        try:
+            loads = json.loads(self.load_path.read_text())
+        except FileNotFoundError:
+            loads = {}
+        loads.pop(self.uuid(index), None)
+        if watts is not None:
+            loads[self.uuid(index)] = watts
+        tmp = self.load_path.with_suffix(".edit")
+        tmp.write_text(json.dumps(loads))
+        tmp.replace(self.load_path)
+
+    def wait_limit(self, index: int, watts: float, timeout: float = 10) -> None:
         wait_for(
             lambda: self.limit(index) == watts,
             timeout=timeout,
             interval=0.05,
             what=f"GPU {index} at {watts} W (holds {self.limit(index)} W)\n{self.log()[-4000:]}",
         )
+
+
+def agent_on_new_node(
+    control_plane: ControlPlane,
+    workdir: Path,
+    nvml: str = "fake",
+    extra_args: list[str] | None = None,
+    safe_default_watts: int = 250,
+    via: Callable[[Path], Path] | None = None,
+) -> tuple[AgentProcess, FakePodResourcesServer]:
+    """A new Node with 8 GPUs, its kubelet's PodResources server (serving) and its agent (not started),
+    under its ServiceAccount with a token bound to its pod there; ``via`` rewrites its kubeconfig (e.g. to
+    go through a proxy)."""
+    node = unique_name("gpu-node")
+    control_plane.add_node(node, gpus=8)
+    kubeconfig = agent_kubeconfig(control_plane, workdir, node)
+    if via is not None:
+        kubeconfig = via(kubeconfig)
+    server = FakePodResourcesServer(workdir / "kubelet.sock").start()
+    agent = AgentProcess(
+        node_name=node,
+        kubeconfig=kubeconfig,
+        workdir=workdir,
+        socket_path=server.socket_path,
+        safe_default_watts=safe_default_watts,
+        extra_args=extra_args or [],
+        nvml=nvml,
+    )
+    return agent, server
+
+
+def stop_node(agent: AgentProcess, server: FakePodResourcesServer) -> None:
+    if agent.running():
+        agent.stop()
+    server.stop()
+
+
+def granting_budget(
+    control_plane: ControlPlane, namespace: str, grant_watts: int = 600, safe_default_watts: int = 300
+) -> str:
+    """Budget ``llm`` whose status grants ``app=decode`` pods up to ``grant_watts`` (the operator's part)."""
+    control_plane.apply(budget_manifest("llm", namespace, safe_default_watts))
+    set_grants(control_plane, namespace, "llm", {"decode": ("app=decode", grant_watts)})
+    return "llm"
+
+
+def delete_pods(control_plane: ControlPlane, namespace: str) -> None:
+    """Force-delete every pod of ``namespace`` (no kubelet confirms a deletion)."""
+    control_plane.kubectl(
+        "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", "--wait=false", check=False
+    )
+
+
+def bind_pod(
+    control_plane: ControlPlane,
+    server: FakePodResourcesServer,
+    agent: AgentProcess,
+    namespace: str,
+    name: str,
+    device_ids: list[str],
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    resource: str = GPU_RESOURCE,
+) -> None:
+    """A pod bound to the agent's node, holding these devices of ``resource`` (known to the kubelet first)."""
+    server.allocate(PodKey(namespace, name), device_ids, resource=resource)
+    control_plane.apply(
+        pod_manifest(name, namespace, agent.node_name, labels, annotations, len(device_ids), resource)
+    )
 
 
 def pod_manifest(
@@ -216,6 +392,7 @@ def pod_manifest(
     labels: dict[str, str] | None = None,
     annotations: dict[str, str] | None = None,
     gpus: int = 1,
+    resource: str = GPU_RESOURCE,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -233,7 +410,7 @@ def pod_manifest(
                 {
                     "name": "main",
                     "image": "registry.example/inference:1",
-                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                    "resources": {"limits": {resource: str(gpus)}},
                 }
             ],
         },

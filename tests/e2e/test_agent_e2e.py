@@ -1,8 +1,10 @@
 """The real agent process against the real API server, under its own ServiceAccount's read-only RBAC,
-with a local kubelet PodResources server and fake GPUs whose limits the tests read back.
+with a local kubelet PodResources server and GPUs whose limits the tests read back.
 
-One agent serves the behaviour tests of this module (each test on its own GPUs and namespace);
-the tests of restarts, signals and outages run their own agent on their own node.
+The GPUs are the fake NVML, and, for every test that talks to NVML, also the real NVML adapter
+(pynvml) on the stand-in libnvidia-ml.so.1 (tests/nvmlstub): the same checks on both.
+One agent per kind of GPU serves the behaviour tests of this module (each test on its own GPUs
+and namespace); the tests of restarts, signals and outages run their own agent on their own node.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,13 @@ from gpupower_agent.cluster import PodKey
 from gpupower_agent.podresources import FakePodResourcesServer
 from tests.e2e.agentkit import (
     AGENT_RBAC,
+    NVML_BACKENDS,
     AgentProcess,
     TcpProxy,
-    agent_kubeconfig,
+    agent_on_new_node,
     annotate,
     api_server_address,
+    bind_pod,
     budget_manifest,
     cap_annotations,
     pod_manifest,
@@ -41,33 +45,25 @@ AGENT_SAFE_DEFAULT_WATTS = 250
 BUDGET_SAFE_DEFAULT_WATTS = 300
 
 
-@pytest.fixture(scope="module")
-def sa_kubeconfig(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return agent_kubeconfig(crd_installed, tmp_path_factory.mktemp("agent-sa"))
-
-
 def _start_agent(
-    control_plane: ControlPlane, kubeconfig: Path, workdir: Path, extra_args: list[str] | None = None
+    control_plane: ControlPlane,
+    workdir: Path,
+    extra_args: list[str] | None = None,
+    nvml: str = "fake",
+    via: Callable[[Path], Path] | None = None,
 ) -> tuple[AgentProcess, FakePodResourcesServer]:
-    node = unique_name("gpu-node")
-    control_plane.add_node(node, gpus=8)
-    server = FakePodResourcesServer(workdir / "kubelet.sock").start()
-    agent = AgentProcess(
-        node_name=node,
-        kubeconfig=kubeconfig,
-        workdir=workdir,
-        socket_path=server.socket_path,
-        safe_default_watts=AGENT_SAFE_DEFAULT_WATTS,
-        extra_args=extra_args or [],
-    )
-    return agent, server
+    return agent_on_new_node(control_plane, workdir, nvml, extra_args, AGENT_SAFE_DEFAULT_WATTS, via)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=NVML_BACKENDS)
 def shared_agent(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    crd_installed: ControlPlane,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[AgentProcess, FakePodResourcesServer]]:
-    agent, server = _start_agent(crd_installed, sa_kubeconfig, tmp_path_factory.mktemp("agent"))
+    agent, server = _start_agent(
+        crd_installed, tmp_path_factory.mktemp(f"agent-{request.param}"), nvml=request.param
+    )
     agent.start()
     yield agent, server
     if agent.running():
@@ -100,9 +96,15 @@ def _pod(
     annotations: dict[str, str] | None = None,
 ) -> None:
     """A pod bound to the agent's node, holding these GPUs (the kubelet knows them first)."""
-    server.allocate(PodKey(namespace, name), [agent.uuid(i) for i in gpu_indexes])
-    control_plane.apply(
-        pod_manifest(name, namespace, agent.node_name, labels, annotations, gpus=len(gpu_indexes))
+    bind_pod(
+        control_plane,
+        server,
+        agent,
+        namespace,
+        name,
+        [agent.uuid(i) for i in gpu_indexes],
+        labels,
+        annotations,
     )
 
 
@@ -147,8 +149,8 @@ def test_annotating_a_pod_sets_its_gpu_limit_and_removing_it_restores_the_defaul
     assert (
         agent.metric_value("gpupower_agent_gpu_pod_info", uuid=uuid, namespace=namespace, pod="decode-0") == 1
     )
-    assert agent.metric_value("gpupower_agent_info", nvml="fake") == 1
-    assert "event=nvml_fake" in agent.log()
+    assert agent.metric_value("gpupower_agent_info", nvml="fake" if agent.nvml == "fake" else "real") == 1
+    assert ("event=nvml_fake" in agent.log()) == (agent.nvml == "fake")
 
     _force_delete(control_plane, namespace, "decode-0")
     server.release(PodKey(namespace, "decode-0"))
@@ -276,13 +278,15 @@ def test_nvml_errors_are_retried_with_backoff_and_a_limit_changed_behind_its_bac
 
 
 def test_an_api_outage_keeps_the_caps_and_turns_healthz_unhealthy(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    proxy = TcpProxy(api_server_address(sa_kubeconfig)).start()
-    kubeconfig = with_server(sa_kubeconfig, proxy.url, tmp_path)
+    proxy = TcpProxy(api_server_address(control_plane.kubeconfig)).start()
     agent, server = _start_agent(
-        control_plane, kubeconfig, tmp_path, ["--api-unhealthy-seconds", "1", "--resync-seconds", "0.5"]
+        control_plane,
+        tmp_path,
+        ["--api-unhealthy-seconds", "1", "--resync-seconds", "0.5"],
+        via=lambda kubeconfig: with_server(kubeconfig, proxy.url, tmp_path),
     )
     try:
         agent.start()
@@ -311,11 +315,12 @@ def test_an_api_outage_keeps_the_caps_and_turns_healthz_unhealthy(
         server.stop()
 
 
+@pytest.mark.parametrize("nvml", NVML_BACKENDS)
 def test_sigterm_restores_default_limits_unless_told_not_to(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str, nvml: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    agent, server = _start_agent(control_plane, sa_kubeconfig, tmp_path)
+    agent, server = _start_agent(control_plane, tmp_path, nvml=nvml)
     try:
         agent.start()
         budget = _budget(control_plane, namespace)
@@ -350,11 +355,12 @@ def test_sigterm_restores_default_limits_unless_told_not_to(
         server.stop()
 
 
+@pytest.mark.parametrize("nvml", NVML_BACKENDS)
 def test_a_restart_restores_gpus_whose_pods_left_while_the_agent_was_down(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str, nvml: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    agent, server = _start_agent(control_plane, sa_kubeconfig, tmp_path)
+    agent, server = _start_agent(control_plane, tmp_path, nvml=nvml)
     try:
         agent.start()
         budget = _budget(control_plane, namespace)
@@ -387,9 +393,7 @@ def test_a_restart_restores_gpus_whose_pods_left_while_the_agent_was_down(
         _force_delete(control_plane, namespace, "gone")
         server.release(PodKey(namespace, "gone"))
         # Someone else's limit on a GPU the agent never capped must survive the restart.
-        gpus = json.loads(agent.gpu_state_path.read_text())
-        gpus[2]["limitWatts"] = 330
-        agent.gpu_state_path.write_text(json.dumps(gpus))
+        agent.edit_gpu(2, limitWatts=330)
 
         agent.start()
         agent.wait_limit(0, H100_DEFAULT_WATTS)
@@ -404,10 +408,10 @@ def test_a_restart_restores_gpus_whose_pods_left_while_the_agent_was_down(
 
 
 def test_a_corrupt_state_file_is_reported_and_the_agent_still_caps(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
-    agent, server = _start_agent(control_plane, sa_kubeconfig, tmp_path)
+    agent, server = _start_agent(control_plane, tmp_path)
     agent.state_file.write_text('{"version": 1, "nodeName": "n", "managedGp')
     try:
         agent.start()
@@ -455,7 +459,10 @@ def test_a_namespace_restricted_agent_needs_only_a_role_and_ignores_other_namesp
     kubeconfig = control_plane.service_account_kubeconfig(namespace, "agent", tmp_path)
     other = unique_name("other")
     control_plane.kubectl("create", "namespace", other)
-    agent, server = _start_agent(control_plane, kubeconfig, tmp_path, ["--namespace", namespace])
+    # This agent runs under the namespaced account instead of the shipped one.
+    agent, server = _start_agent(
+        control_plane, tmp_path, ["--namespace", namespace], via=lambda _: kubeconfig
+    )
     try:
         agent.start()
         for ns in (namespace, other):
@@ -497,13 +504,14 @@ def test_a_namespace_restricted_agent_needs_only_a_role_and_ignores_other_namesp
         control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
+@pytest.mark.parametrize("nvml", NVML_BACKENDS)
 def test_the_cgroup_mapping_finds_pods_from_gpu_processes(
-    crd_installed: ControlPlane, sa_kubeconfig: Path, tmp_path: Path, cleanup_pods: str
+    crd_installed: ControlPlane, tmp_path: Path, cleanup_pods: str, nvml: str
 ) -> None:
     control_plane, namespace = crd_installed, cleanup_pods
     proc = tmp_path / "proc"
     agent, server = _start_agent(
-        control_plane, sa_kubeconfig, tmp_path, ["--gpu-mapping", "cgroup", "--proc-root", str(proc)]
+        control_plane, tmp_path, ["--gpu-mapping", "cgroup", "--proc-root", str(proc)], nvml=nvml
     )
     server.stop()  # no kubelet socket: the agent finds pods through NVML processes and their cgroups
     try:

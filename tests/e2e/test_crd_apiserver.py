@@ -62,10 +62,50 @@ INVALID = [
     ),
     (
         "targets.0.profile.points",
-        [{"watts": 300, "throughput": 12}, {"watts": 400, "throughput": 10}],
+        [{"watts": 300, "throughput": 12}, {"watts": 300, "throughput": 13}],
         "spec.targets[0].profile.points",
-        "throughput must not decrease",
+        "strictly increasing watts",
     ),
+    ("targets.0.profile.points.0.watts", 20000, "spec.targets[0].profile.points[0].watts", "10000"),
+    ("targets.0.profile.points.0.throughput", -1, "spec.targets[0].profile.points[0].throughput", "0"),
+    (
+        "targets.0.profile",
+        {"unit": "requests/s"},
+        "spec.targets[0].profile",
+        "exactly one of points or preset",
+    ),
+    (
+        "targets.0.profile",
+        {"preset": "decode", "maxWatts": 700},
+        "spec.targets[0].profile.preset",
+        "needs peakThroughput and maxWatts",
+    ),
+    ("targets.0.profile.preset", "sparse", "spec.targets[0].profile.preset", 'Unsupported value: "sparse"'),
+    (
+        "targets.0.profile.maxWatts",
+        700,
+        "spec.targets[0].profile",
+        "go with a preset",
+    ),
+    (
+        "targets.0.profile",
+        {"preset": "prefill", "peakThroughput": 9, "maxWatts": 700, "naturalWatts": 300},
+        "spec.targets[0].profile.naturalWatts",
+        "goes with the decode preset",
+    ),
+    (
+        "targets.0.profile",
+        {"preset": "decode", "peakThroughput": 9, "maxWatts": 700, "minWatts": 200, "naturalWatts": 150},
+        "spec.targets[0].profile.naturalWatts",
+        "within minWatts..maxWatts",
+    ),
+    (
+        "targets.0.profile",
+        {"preset": "decode", "peakThroughput": 9, "maxWatts": 700, "minWatts": 700},
+        "spec.targets[0].profile.minWatts",
+        "must be < maxWatts",
+    ),
+    ("targets.0.profile.source", "Preset", "spec.targets[0].profile.source", "Preset goes with a preset"),
     ("targets.0.profile.points", [], "spec.targets[0].profile.points", "should have at least 1 items"),
     ("targets", [], "spec.targets", "should have at least 1 items"),
     (
@@ -79,6 +119,12 @@ INVALID = [
         {"engine": "vllm", "frontend": "llama-frontend"},
         "spec.targets[0].preset.frontend",
         "preset.frontend applies to engine dynamo only",
+    ),
+    (
+        "safeDefaultWatts",
+        750,
+        "spec.safeDefaultWatts",
+        "safeDefaultWatts must not be above any target's capWatts.max",
     ),
 ]
 
@@ -95,3 +141,53 @@ def test_invalid_budget_is_rejected_naming_the_field(
     assert result.returncode != 0, f"the API server accepted an invalid budget ({path}={value!r})"
     assert field in result.stderr, result.stderr
     assert words in result.stderr, result.stderr
+
+
+ACCEPTED_PROFILES = [
+    # Measured points that dip (benchmark noise): the planner raises them, the API keeps them.
+    {
+        "points": [
+            {"watts": 200, "throughput": 14.0},
+            {"watts": 350, "throughput": 25.626},
+            {"watts": 425, "throughput": 25.595},
+        ]
+    },
+    {"source": "Measured", "points": [{"watts": 200, "throughput": 3}, {"watts": 400, "throughput": 2.9}]},
+    {"preset": "prefill", "peakThroughput": 20, "maxWatts": 700},
+    {"preset": "decode", "peakThroughput": 8, "maxWatts": 700, "minWatts": 200, "naturalWatts": 300},
+]
+
+
+@pytest.mark.parametrize("profile", ACCEPTED_PROFILES, ids=["dipping", "measured", "prefill", "decode"])
+def test_dipping_points_and_presets_are_accepted(
+    crd_installed: ControlPlane, namespace: str, profile: dict[str, Any]
+) -> None:
+    document = _spec_change(load(EXAMPLES[0], namespace), "targets.0.profile", profile)
+    document["metadata"]["name"] = "profile"
+    crd_installed.apply(document)
+    stored = crd_installed.get_json("gpb", "profile", "-n", namespace)
+    assert {k: v for k, v in stored["spec"]["targets"][0]["profile"].items() if k != "unit"} == profile
+
+
+@pytest.mark.parametrize(
+    ("profile", "safe", "accepted"),
+    [
+        ({"points": [{"watts": 200, "throughput": 5}, {"watts": 400, "throughput": 9}]}, 400, True),
+        ({"points": [{"watts": 200, "throughput": 5}, {"watts": 400, "throughput": 9}]}, 401, False),
+        ({"preset": "decode", "peakThroughput": 10, "maxWatts": 700}, 700, True),
+        ({"preset": "decode", "peakThroughput": 10, "maxWatts": 700}, 701, False),
+    ],
+)
+def test_a_safe_default_above_a_range_without_cap_watts_is_rejected_too(
+    crd_installed: ControlPlane, namespace: str, profile: dict[str, Any], safe: int, accepted: bool
+) -> None:
+    document = load(EXAMPLES[0], namespace)
+    document["metadata"]["name"] = f"safe-{safe}"
+    document["spec"]["safeDefaultWatts"] = safe
+    for target in document["spec"]["targets"]:
+        target.pop("capWatts", None)
+        target["profile"] = profile
+    result = crd_installed.kubectl("apply", "-f", "-", input=yaml.safe_dump(document), check=False)
+    assert (result.returncode == 0) is accepted, result.stderr
+    if not accepted:
+        assert "spec.safeDefaultWatts" in result.stderr and "must not be above" in result.stderr

@@ -50,14 +50,14 @@ class Fleet:
     h100: GpuNode
 
 
-def _node(control_plane: ControlPlane, kubeconfig: Path, workdir: Path, model: str) -> GpuNode:
+def _node(control_plane: ControlPlane, workdir: Path, model: str) -> GpuNode:
     name = unique_name(f"{model}-node")
     pool = unique_name(model)
     control_plane.add_node(name, gpus=GPUS_PER_NODE, labels={POOL_LABEL: pool})
     server = FakePodResourcesServer(workdir / "kubelet.sock").start()
     agent = AgentProcess(
         node_name=name,
-        kubeconfig=kubeconfig,
+        kubeconfig=agent_kubeconfig(control_plane, workdir, name),
         workdir=workdir,
         socket_path=server.socket_path,
         gpus=GPUS_PER_NODE,
@@ -69,11 +69,10 @@ def _node(control_plane: ControlPlane, kubeconfig: Path, workdir: Path, model: s
 
 @pytest.fixture(scope="module")
 def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    kubeconfig = agent_kubeconfig(crd_installed, tmp_path_factory.mktemp("inventory-sa"))
     nodes: list[GpuNode] = []
     try:
         for model in ("a100-pcie", "h100-sxm"):
-            nodes.append(_node(crd_installed, kubeconfig, tmp_path_factory.mktemp(model), model))
+            nodes.append(_node(crd_installed, tmp_path_factory.mktemp(model), model))
         yield Fleet(*nodes)
     finally:
         for node in nodes:

@@ -1,4 +1,5 @@
-"""The namespace-restricted install for real: the operator under the overlay's Role plans one namespace."""
+"""The namespace-restricted install for real: the operator and an agent under the overlay's Roles serve one
+namespace."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import OperatorProcess
 from tests.envtest import REPO, ControlPlane, kubectl_binary, unique_name, wait_for
 from tests.workloads import gpu_deployment
@@ -20,8 +22,9 @@ OVERLAY = REPO / "manifests" / "overlays" / "namespace-restricted"
 OVERLAY_NAMESPACE = "inference"
 
 
-def overlay_operator_rbac(namespace: str, account: str) -> list[dict[str, Any]]:
-    """The overlay's RBAC for the operator, moved to ``namespace`` and given to ServiceAccount ``account``.
+def overlay_rbac(namespace: str, program: str, account: str) -> list[dict[str, Any]]:
+    """The overlay's RBAC for ``program`` (gpupower-operator or gpupower-agent), moved to ``namespace`` and
+    given to ServiceAccount ``account``.
 
     The account has its own name so that no cluster-wide binding of another test grants it anything.
     """
@@ -32,15 +35,15 @@ def overlay_operator_rbac(namespace: str, account: str) -> list[dict[str, Any]]:
     ).stdout
     documents = []
     for doc in yaml.safe_load_all(rendered):
-        if not doc or "gpupower-operator" not in doc["metadata"]["name"]:
+        if not doc or program not in doc["metadata"]["name"]:
             continue
         if doc["kind"] not in {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "ServiceAccount"}:
             continue
-        doc["metadata"]["name"] = doc["metadata"]["name"].replace("gpupower-operator", account)
+        doc["metadata"]["name"] = doc["metadata"]["name"].replace(program, account)
         if doc["metadata"].get("namespace") == OVERLAY_NAMESPACE:
             doc["metadata"]["namespace"] = namespace
         if doc["kind"] in {"RoleBinding", "ClusterRoleBinding"}:
-            doc["roleRef"]["name"] = doc["roleRef"]["name"].replace("gpupower-operator", account)
+            doc["roleRef"]["name"] = doc["roleRef"]["name"].replace(program, account)
             for subject in doc["subjects"]:
                 subject["name"] = account
         documents.append(doc)
@@ -79,29 +82,46 @@ def budget(namespace: str) -> dict[str, Any]:
 @pytest.fixture
 def restricted(
     crd_installed: ControlPlane, requires_controllers: ControlPlane, tmp_path: Path
-) -> Iterator[tuple[ControlPlane, str, str, OperatorProcess]]:
+) -> Iterator[tuple[ControlPlane, str, str, OperatorProcess, dict[str, str]]]:
     cp = crd_installed
     watched, other = unique_name("only"), unique_name("other")
     for name in (watched, other):
         cp.kubectl("create", "namespace", name)
     cp.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
     account = unique_name("gpupower-operator-ns")
-    rbac = overlay_operator_rbac(watched, account)
+    agent_account = unique_name("gpupower-agent-ns")
+    rbac = overlay_rbac(watched, "gpupower-operator", account) + overlay_rbac(
+        watched, "gpupower-agent", agent_account
+    )
     cp.apply(rbac)
+
+    def agent_kubeconfig(node: str, directory: Path) -> Path:
+        pod = cp.daemon_pod("gpupower-system", f"{agent_account}-{node}", agent_account, node)
+        return cp.service_account_kubeconfig("gpupower-system", agent_account, directory, bound_pod=pod)
+
+    fleet = SimulatedFleet(
+        cp,
+        tmp_path / "fleet",
+        [unique_name("gpu-node")],
+        agent_args=["--namespace", watched],
+        kubeconfig_for=agent_kubeconfig,
+    )
     kubeconfig = cp.service_account_kubeconfig("gpupower-system", account, tmp_path)
     operator = OperatorProcess(
         kubeconfig, tmp_path / "operator.log", resync_seconds=2.0, extra_args=("--namespace", watched)
     )
     try:
+        fleet.start()
         operator.start()
-        yield cp, watched, other, operator
+        yield cp, watched, other, operator, fleet.node_selector
     finally:
         # The budgets go while their operator still runs, so its finalizer is done before the
         # namespaces are deleted (a finalizer left behind would hold a namespace in Terminating).
         for name in (watched, other):
             cp.kubectl("delete", "gpb", "--all", "-n", name, "--timeout=30s", check=False)
         operator.stop()
-        print(f"operator log:\n{operator.log_tail(30)}")
+        fleet.stop()
+        print(f"operator log:\n{operator.log_tail(30)}\n{fleet.logs()}")
         for name in (watched, other):
             cp.kubectl("delete", "deployment", "--all", "-n", name, "--wait=false", check=False)
             cp.kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", check=False)
@@ -112,11 +132,11 @@ def restricted(
 
 
 def test_the_operator_under_the_overlay_role_plans_its_namespace_and_nothing_else(
-    restricted: tuple[ControlPlane, str, str, OperatorProcess],
+    restricted: tuple[ControlPlane, str, str, OperatorProcess, dict[str, str]],
 ) -> None:
-    cp, watched, other, operator = restricted
+    cp, watched, other, operator, on_fleet = restricted
     for namespace in (watched, other):
-        cp.apply([gpu_deployment("decode", namespace, 1), budget(namespace)])
+        cp.apply([gpu_deployment("decode", namespace, 1, node_selector=on_fleet), budget(namespace)])
 
     def planned() -> dict[str, Any] | None:
         status = cp.get_json("gpb", "llm", "-n", watched).get("status") or {}
@@ -127,11 +147,14 @@ def test_the_operator_under_the_overlay_role_plans_its_namespace_and_nothing_els
     decode = status["targets"][0]
     pods = cp.get_json("pods", "-n", watched, "-l", "app=decode")["items"]
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    assert len(live) == decode["plannedReplicas"]
+    assert len(live) == decode["plannedReplicas"] == decode["podsEnforced"]
     for pod in live:
         annotations = pod["metadata"].get("annotations") or {}
         assert annotations.get("gpupower.dev/power-limit-watts") == str(decode["capWatts"])
         assert annotations.get("gpupower.dev/budget") == "llm"
+        # The agent under the overlay's Role confirmed the cap on the pod itself.
+        capped = {c["type"]: c["status"] for c in pod["status"].get("conditions") or []}
+        assert capped.get("gpupower.dev/PowerCapped") == "True"
     # Outside its namespace it reads and writes nothing, and was never refused (no 403 in its log).
     assert "status" not in cp.get_json("gpb", "llm", "-n", other)
     assert "403" not in operator.log_tail(400)

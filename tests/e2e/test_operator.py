@@ -22,8 +22,19 @@ import pytest
 import yaml
 
 from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
-from gpupower_api.models import parse_spec
-from gpupower_operator.planner import Plan, plan, problem_from_spec
+from gpupower_operator.planner import Plan
+from tests.e2e.budgetkit import (
+    annotations,
+    budget,
+    condition,
+    expected_plan,
+    get_budget,
+    live_pods,
+    replicas_of,
+    target,
+    wait_ready,
+)
+from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import ApiProxy, OperatorProcess, Recorded, proxied_kubeconfig, upstream_of
 from tests.envtest import REPO, ControlPlane, kubectl_binary, unique_name, wait_for
 from tests.fleet_power import FleetModel, walk_is_safe
@@ -40,6 +51,7 @@ class Harness:
     control_plane: ControlPlane
     proxy: ApiProxy
     operator: OperatorProcess
+    fleet: SimulatedFleet
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +61,24 @@ def harness(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactor
         pytest.skip("the control-plane binaries have no kube-controller-manager (standard envtest download)")
     control_plane.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
     control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
-    nodes = [unique_name("gpu-node") for _ in range(2)]
-    for node in nodes:
-        control_plane.add_node(node, gpus=64)
+    # Two nodes with a simulated kubelet and a real agent each: the operator orders on their reports.
+    fleet = SimulatedFleet(
+        control_plane,
+        tmp_path_factory.mktemp("fleet"),
+        [unique_name("gpu-node") for _ in range(2)],
+        gpus=64,
+    ).start()
     directory = tmp_path_factory.mktemp("operator")
     proxy = ApiProxy(*upstream_of(control_plane.kubeconfig)).start()
     kubeconfig = proxied_kubeconfig(control_plane, SYSTEM_NAMESPACE, ACCOUNT, directory, proxy.url)
     operator = OperatorProcess(kubeconfig, directory / "operator.log", resync_seconds=2.0)
     try:
         operator.start()
-        yield Harness(control_plane, proxy, operator)
+        yield Harness(control_plane, proxy, operator, fleet)
     finally:
         operator.stop()
         proxy.stop()
-        control_plane.kubectl("delete", "node", *nodes, "--wait=false", check=False)
+        fleet.stop()
         print(f"operator log: {operator.log_path}\n{operator.log_tail(40)}")
 
 
@@ -76,83 +92,6 @@ def ns(harness: Harness, namespace: str) -> Iterator[str]:
     kubectl("scale", "deployment", "--all", "--replicas=0", "-n", namespace, check=False)
     kubectl("delete", "deployment,statefulset", "--all", "-n", namespace, "--wait=false", check=False)
     kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False)
-
-
-# ---------------------------------------------------------------------------
-# Objects and reading them
-
-
-def target(name: str, workload: str, demand: float, gpus: int = 1, max_replicas: int = 5) -> dict[str, Any]:
-    return {
-        "name": name,
-        "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload},
-        "gpusPerReplica": gpus,
-        "minReplicas": 1,
-        "maxReplicas": max_replicas,
-        "capWatts": {"min": 200, "max": 400},
-        "profile": {
-            "unit": "requests/s",
-            "points": [
-                {"watts": 200, "throughput": 10},
-                {"watts": 300, "throughput": 14},
-                {"watts": 400, "throughput": 16},
-            ],
-        },
-        "demand": demand,
-    }
-
-
-def budget(
-    name: str, namespace: str, total_watts: int, targets: list[dict[str, Any]], mode: str = "Enforce"
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "gpupower.dev/v1alpha1",
-        "kind": "GpuPowerBudget",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"totalWatts": total_watts, "mode": mode, "safeDefaultWatts": 250, "targets": targets},
-    }
-
-
-def expected_plan(doc: dict[str, Any]) -> Plan:
-    return plan(problem_from_spec(parse_spec(doc["spec"])))
-
-
-def get_budget(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
-    return cp.get_json("gpb", name, "-n", ns)
-
-
-def condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for item in (body.get("status") or {}).get("conditions") or []:
-        if item["type"] == type_:
-            return dict(item)
-    return None
-
-
-def wait_ready(cp: ControlPlane, ns: str, name: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Wait for Ready=True at the budget's current generation; return the budget."""
-
-    def ready() -> dict[str, Any] | None:
-        body = get_budget(cp, ns, name)
-        found = condition(body, "Ready")
-        generation = body["metadata"].get("generation")
-        if found and found["status"] == "True" and body["status"].get("observedGeneration") == generation:
-            return body
-        return None
-
-    return wait_for(ready, timeout=timeout, interval=0.2, what=f"budget {ns}/{name} Ready=True")
-
-
-def live_pods(cp: ControlPlane, ns: str, app: str) -> list[dict[str, Any]]:
-    items = cp.get_json("pods", "-n", ns, "-l", f"app={app}")["items"]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
-
-
-def annotations(pod: dict[str, Any]) -> dict[str, str]:
-    return dict(pod["metadata"].get("annotations") or {})
-
-
-def replicas_of(cp: ControlPlane, ns: str, name: str) -> int:
-    return int(cp.get_json("deployment", name, "-n", ns)["spec"]["replicas"])
 
 
 def fleet_enforced(cp: ControlPlane, ns: str, budget_name: str, the_plan: Plan, apps: dict[str, str]) -> bool:
@@ -180,6 +119,11 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
         if all(f'{key}="{value}"' in line for key, value in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def pinned(harness: Harness, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A GPU Deployment whose pods land on the harness's nodes (each with an agent)."""
+    return gpu_deployment(*args, node_selector=harness.fleet.node_selector, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -246,7 +190,7 @@ def test_a_budget_over_two_deployments_gets_its_plan_in_status_and_caps_on_every
     harness: Harness, ns: str, tmp_path: Path
 ) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 2), gpu_deployment("decode", ns, 2, gpus=2)])
+    cp.apply([pinned(harness, "prefill", ns, 2), pinned(harness, "decode", ns, 2, gpus=2)])
     doc = budget(
         "llm",
         ns,
@@ -273,15 +217,25 @@ def test_a_budget_over_two_deployments_gets_its_plan_in_status_and_caps_on_every
         assert got["desiredReplicas"] == target_plan.desired_replicas
         assert got["selector"] == f"app={apps[target_plan.name]}"
         assert got["podsAnnotated"] == target_plan.replicas
+        assert got["podsEnforced"] == target_plan.replicas
+    assert status["enforcedWatts"] == pytest.approx(the_plan.watts)
+    held = harness.fleet.held_by_pods(ns)
+    for target_plan in the_plan.targets:
+        pods = [p for p in held if p.name.startswith(apps[target_plan.name] + "-")]
+        assert len(pods) == target_plan.replicas
+        assert all(set(held[p]) == {target_plan.cap_watts} for p in pods), held
     assert condition(body, "TargetsResolved")["status"] == "True"  # type: ignore[index]
     assert condition(body, "Conflict")["status"] == "False"  # type: ignore[index]
 
     table = cp.kubectl("get", "gpb", "-n", ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "BUDGET", "PLANNED", "OBSERVED", "REPLICAS", "READY", "AGE"]
+    assert table[0].split() == [
+        "NAME", "BUDGET", "PLANNED", "ENFORCED", "OBSERVED", "REPLICAS", "READY", "AGE",
+    ]  # fmt: skip
     row = table[1].split()
     planned_sum = sum(t.replicas for t in the_plan.targets)
     desired_sum = sum(t.desired_replicas for t in the_plan.targets)
-    assert row[:3] == ["llm", "2400", f"{the_plan.watts:g}"]
+    # Ready: every pod's agent reports its GPUs holding the planned cap, so enforced = planned.
+    assert row[:4] == ["llm", "2400", f"{the_plan.watts:g}", f"{the_plan.watts:g}"]
     assert f"{planned_sum}/{desired_sum}" in row and "True" in row
 
     events = cp.get_json("events", "-n", ns, "--field-selector", "involvedObject.name=llm")["items"]
@@ -329,7 +283,7 @@ def test_lowering_the_budget_moves_caps_and_replicas_without_ever_exceeding_it(
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 3), gpu_deployment("decode", ns, 3)])
+    cp.apply([pinned(harness, "prefill", ns, 3), pinned(harness, "decode", ns, 3)])
     targets = [target("prefill", "prefill", demand=60), target("decode", "decode", demand=50)]
     high = budget("llm", ns, 3200, targets)
     apps = {"prefill": "prefill", "decode": "decode"}
@@ -361,7 +315,7 @@ def test_lowering_the_budget_moves_caps_and_replicas_without_ever_exceeding_it(
 
 def test_a_replica_added_by_hand_gets_its_cap_within_a_second(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply(gpu_deployment("decode", ns, 2))
+    cp.apply(pinned(harness, "decode", ns, 2))
     doc = budget("llm", ns, 2000, [target("decode", "decode", demand=20)])
     cp.apply(doc)
     the_plan = expected_plan(doc)
@@ -419,13 +373,17 @@ def test_a_replica_added_by_hand_gets_its_cap_within_a_second(harness: Harness, 
 
 def test_advisory_writes_nothing_outside_the_budget_status(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 1)])
+    cp.apply([pinned(harness, "prefill", ns, 1)])
     doc = budget("llm", ns, 700, [target("prefill", "prefill", demand=30)], mode="Advisory")
     the_plan = expected_plan(doc)
     assert the_plan.target("prefill").replicas != 1, (
         "the plan must differ from what runs, or the test is moot"
     )
-    wait_for(lambda: len(live_pods(cp, ns, "prefill")) == 1, timeout=30, what="the pod")
+    wait_for(
+        lambda: [p["status"].get("phase") for p in live_pods(cp, ns, "prefill")] == ["Running"],
+        timeout=30,
+        what="the pod, started by its node's kubelet",
+    )
     versions_before = {
         p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in live_pods(cp, ns, "prefill")
     }
@@ -459,7 +417,7 @@ def test_two_budgets_over_one_pod_the_older_owns_it_and_the_younger_reports_conf
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply(gpu_deployment("shared", ns, 2))
+    cp.apply(pinned(harness, "shared", ns, 2))
     first = budget("first", ns, 2000, [target("shared", "shared", demand=20)])
     cp.apply(first)
     wait_ready(cp, ns, "first")
@@ -485,7 +443,7 @@ def test_two_budgets_over_one_pod_the_older_owns_it_and_the_younger_reports_conf
 
 def test_deleting_a_budget_removes_its_annotations_and_leaves_replicas(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply(gpu_deployment("decode", ns, 1))
+    cp.apply(pinned(harness, "decode", ns, 1))
     doc = budget("llm", ns, 2000, [target("decode", "decode", demand=25)])
     cp.apply(doc)
     the_plan = expected_plan(doc)
@@ -504,7 +462,7 @@ def test_an_invalid_spec_that_slipped_past_the_schema_gives_ready_false_naming_t
     harness: Harness, ns: str, tmp_path: Path
 ) -> None:
     cp = harness.control_plane
-    cp.apply(gpu_deployment("decode", ns, 1))
+    cp.apply(pinned(harness, "decode", ns, 1))
     crd = cp.get_json("crd", "gpupowerbudgets.gpupower.dev")
     relaxed = copy.deepcopy(crd)
     for key in ("status", "metadata"):
@@ -550,7 +508,7 @@ def test_a_missing_workload_gives_targets_resolved_false_until_it_appears(harnes
     found = wait_for(unresolved, timeout=20, what="TargetsResolved=False")
     assert found["reason"] == "WorkloadNotFound"
     assert "ghost" in found["message"] and "target decode" in found["message"]
-    cp.apply(gpu_deployment("ghost", ns, 1))
+    cp.apply(pinned(harness, "ghost", ns, 1))
     wait_ready(cp, ns, "llm", timeout=30)
     assert condition(get_budget(cp, ns, "llm"), "TargetsResolved")["status"] == "True"  # type: ignore[index]
 
@@ -559,7 +517,7 @@ def test_injected_500s_and_409s_are_retried_until_the_plan_is_enforced_safely(
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 3), gpu_deployment("decode", ns, 1)])
+    cp.apply([pinned(harness, "prefill", ns, 3), pinned(harness, "decode", ns, 1)])
     apps = {"prefill": "prefill", "decode": "decode"}
     doc = budget(
         "llm", ns, 1600, [target("prefill", "prefill", demand=30), target("decode", "decode", demand=40)]
@@ -601,7 +559,7 @@ def test_an_operator_killed_in_the_middle_of_a_reconcile_converges_after_restart
     harness: Harness, ns: str
 ) -> None:
     cp = harness.control_plane
-    cp.apply([gpu_deployment("prefill", ns, 3), gpu_deployment("decode", ns, 3)])
+    cp.apply([pinned(harness, "prefill", ns, 3), pinned(harness, "decode", ns, 3)])
     apps = {"prefill": "prefill", "decode": "decode"}
     high = budget(
         "llm", ns, 3200, [target("prefill", "prefill", demand=60), target("decode", "decode", demand=50)]

@@ -14,6 +14,7 @@ from gpupower_agent.metrics import AgentMetrics
 from gpupower_agent.nvml import GPU_MODELS, FakeGpuSpec, FakeNvml, NvmlErrorKind
 from gpupower_agent.podresources import FakePodResourcesServer, PodResourcesMapping
 from gpupower_agent.state import load_state
+from gpupower_api.contract import HeldWatts, PowerCappedReason, held_watts_from_message
 from gpupower_api.selectors import parse_selector
 
 BUDGET = BudgetView("ns", "llm", 300, (Grant("decode", parse_selector("app=decode"), 500),))
@@ -174,3 +175,54 @@ async def test_a_cap_the_gpu_cannot_take_is_clamped_and_counted(node: Node) -> N
 async def test_every_gpu_has_a_limit_series_before_the_first_reconcile(node: Node) -> None:
     for index, uuid in enumerate(node.uuids):
         assert node.metric("gpupower_agent_gpu_power_limit_watts", {"uuid": uuid, "index": str(index)}) == 700
+
+
+def new_replica(name: str) -> PodView:
+    """A pod the budget selects, before the operator annotated it, that asks for a GPU."""
+    return PodView(
+        PodKey("ns", name), f"uid-{name}", {"app": "decode"}, None, None, False, requests_gpus=True
+    )
+
+
+async def test_a_pod_awaiting_its_gpus_is_looked_for_until_the_kubelet_allocates_them(node: Node) -> None:
+    pods = [new_replica("fresh")]
+    result = await node.agent.reconcile(pods, [BUDGET])
+    assert result is not None and result.awaiting_devices == {PodKey("ns", "fresh")}
+    assert result.conditions[PodKey("ns", "fresh")].reason is PowerCappedReason.AWAITING_DEVICES
+    assert node.agent.looking_for_devices()
+    assert node.metric("gpupower_agent_pods_awaiting_devices") == 1
+
+    node.server.allocate(PodKey("ns", "fresh"), [node.uuids[2]])
+    result = await node.agent.reconcile(pods, [BUDGET])
+    assert result is not None and result.awaiting_devices == frozenset()
+    assert not node.agent.looking_for_devices()
+    # The lower of the grant (500 W) and the budget's safe default (300 W), at once.
+    assert node.limits()[2] == 300
+    condition = result.conditions[PodKey("ns", "fresh")]
+    assert (condition.status, condition.reason) == (False, PowerCappedReason.AWAITING_CAP)
+    assert held_watts_from_message(condition.message) == HeldWatts(1, 300)
+
+
+async def test_a_pod_whose_gpus_never_come_is_looked_for_only_within_the_bound(node: Node) -> None:
+    pods = [new_replica("stuck")]
+    await node.agent.reconcile(pods, [BUDGET])
+    assert node.agent.looking_for_devices()
+    node.clock.now += node.agent.device_wait_seconds + 1
+    await node.agent.reconcile(pods, [BUDGET])
+    assert not node.agent.looking_for_devices()
+
+
+async def test_the_condition_says_what_nvml_reads_back(node: Node) -> None:
+    node.server.allocate(PodKey("ns", "a"), [node.uuids[0]])
+    node.nvml.inject_error("set", NvmlErrorKind.NO_PERMISSION, uuid=node.uuids[0], times=1)
+    result = await node.agent.reconcile([capped_pod("a", 450)], [BUDGET])
+    assert result is not None
+    failed = result.conditions[PodKey("ns", "a")]
+    assert (failed.status, failed.reason) == (False, PowerCappedReason.NVML_ERROR)
+    assert held_watts_from_message(failed.message) == HeldWatts(1, 700)
+    node.clock.now += 1
+    result = await node.agent.reconcile([capped_pod("a", 450)], [BUDGET])
+    assert result is not None
+    capped = result.conditions[PodKey("ns", "a")]
+    assert (capped.status, capped.reason) == (True, PowerCappedReason.CAPPED)
+    assert held_watts_from_message(capped.message) == HeldWatts(1, 450)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gpupower_agent.cluster import BudgetView, Grant, PodKey, PodView, budget_view, pod_view
-from gpupower_agent.trust import BudgetIndex, UntrustedReason, Verdict, pod_cap
+from gpupower_agent.cluster import (
+    BudgetView,
+    Grant,
+    PodKey,
+    PodView,
+    ReportedCondition,
+    budget_view,
+    pod_view,
+)
+from gpupower_agent.trust import BudgetIndex, UntrustedReason, Verdict, managing_budget, pod_cap
 from gpupower_api.selectors import parse_selector
 
 AGENT_DEFAULT = 250
@@ -31,9 +42,34 @@ LLM = BudgetView(
         Grant("decode", parse_selector("app=llm,role=decode"), 500),
         Grant("prefill", parse_selector("app=llm,role in (prefill)"), 400),
     ),
+    created="2026-01-01T00:00:00Z",
 )
-OTHER = BudgetView("ns", "other", 280, (Grant("decode", parse_selector("app=llm,role=decode"), 450),))
+OTHER = BudgetView(
+    "ns",
+    "other",
+    280,
+    (Grant("decode", parse_selector("app=llm,role=decode"), 450),),
+    created="2026-02-01T00:00:00Z",
+)
+OLDER_OTHER = BudgetView(
+    "ns",
+    "other",
+    280,
+    (Grant("decode", parse_selector("app=llm,role=decode"), 450),),
+    created="2025-12-01T00:00:00Z",
+)
+ADVISORY = BudgetView(
+    "ns",
+    "preview",
+    200,
+    (Grant("decode", parse_selector("app=llm"), 650),),
+    advisory=True,
+    created="2025-01-01T00:00:00Z",
+)
+# The README's example: a planned cap of 205 W under a safe default of 350 W.
+LOW_GRANT = BudgetView("ns", "llm", 350, (Grant("decode", parse_selector("app=llm,role=decode"), 205),))
 DECODE = {"app": "llm", "role": "decode"}
+PREFILL = {"app": "llm", "role": "prefill"}
 
 
 @pytest.mark.parametrize(
@@ -42,8 +78,47 @@ DECODE = {"app": "llm", "role": "decode"}
         (pod(DECODE, "llm", "450"), budgets(LLM), Verdict.TRUSTED, None, 450),
         (pod(DECODE, "llm", "500"), budgets(LLM), Verdict.TRUSTED, None, 500),
         (pod(DECODE, "llm", "501"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.ABOVE_GRANT, 300),
-        (pod(DECODE, "gone", "450"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.BUDGET_MISSING, 250),
-        # a budget of the same name in another namespace grants nothing here
+        (pod(DECODE, "llm", "450W"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.UNPARSABLE, 300),
+        (pod(DECODE, "llm", "-1"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.UNPARSABLE, 300),
+        (pod(DECODE, "llm", "99999"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.UNPARSABLE, 300),
+        (pod(DECODE, "llm", ""), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.UNPARSABLE, 300),
+        # a selected pod naming another budget (missing, Advisory, none) stays with the budget selecting it
+        (pod(DECODE, "gone", "450"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.OTHER_BUDGET, 300),
+        (
+            pod(DECODE, "preview", "650"),
+            budgets(LLM, ADVISORY),
+            Verdict.UNTRUSTED,
+            UntrustedReason.OTHER_BUDGET,
+            300,
+        ),
+        (pod(DECODE, None, "450"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.OTHER_BUDGET, 300),
+        (
+            pod(DECODE, "other", "450"),
+            budgets(LLM, OTHER),
+            Verdict.UNTRUSTED,
+            UntrustedReason.OTHER_BUDGET,
+            300,
+        ),
+        (
+            pod(PREFILL, "other", "400"),
+            budgets(LLM, OTHER),
+            Verdict.UNTRUSTED,
+            UntrustedReason.OTHER_BUDGET,
+            300,
+        ),
+        # the oldest selecting budget manages the pod
+        (pod(DECODE, "other", "450"), budgets(LLM, OLDER_OTHER), Verdict.TRUSTED, None, 450),
+        (pod(DECODE), budgets(LLM, OTHER), Verdict.AWAITING_CAP, None, 300),
+        (pod(DECODE), budgets(LLM, OLDER_OTHER), Verdict.AWAITING_CAP, None, 280),
+        # a budget annotation but no cap yet: waiting for the operator
+        (pod(DECODE, "llm", None), budgets(LLM), Verdict.AWAITING_CAP, None, 300),
+        # a new replica: no annotations, selected -> the lower of grant and safe default, at once
+        (pod(DECODE), budgets(LLM), Verdict.AWAITING_CAP, None, 300),
+        (pod(DECODE), budgets(LOW_GRANT), Verdict.AWAITING_CAP, None, 205),
+        (pod(DECODE, "llm", "700"), budgets(LOW_GRANT), Verdict.UNTRUSTED, UntrustedReason.ABOVE_GRANT, 205),
+        # the highest grant of the budget's targets that select the pod counts
+        (pod(PREFILL, "llm", "400"), budgets(LLM), Verdict.TRUSTED, None, 400),
+        # not selected by any Enforce budget, but annotated: the named budget's safe default (or the agent's)
         (
             pod(DECODE, "llm", "450", ns="x"),
             budgets(LLM),
@@ -52,17 +127,7 @@ DECODE = {"app": "llm", "role": "decode"}
             250,
         ),
         (pod({"app": "web"}, "llm", "450"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.NO_GRANT, 300),
-        (pod(DECODE, "llm", "450W"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.UNPARSABLE, 300),
-        (pod(DECODE, "llm", "-1"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.UNPARSABLE, 300),
-        (pod(DECODE, "llm", "99999"), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.UNPARSABLE, 300),
-        (pod(DECODE, "llm", ""), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.UNPARSABLE, 300),
-        (
-            pod(DECODE, None, "450"),
-            budgets(LLM),
-            Verdict.UNTRUSTED,
-            UntrustedReason.NO_BUDGET_ANNOTATION,
-            300,
-        ),
+        (pod({"app": "web"}, "llm", None), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.NO_GRANT, 300),
         (
             pod({"app": "web"}, None, "450"),
             budgets(LLM),
@@ -70,23 +135,6 @@ DECODE = {"app": "llm", "role": "decode"}
             UntrustedReason.NO_BUDGET_ANNOTATION,
             250,
         ),
-        # a budget annotation but no cap yet, and a target selects the pod: waiting for the operator
-        (pod(DECODE, "llm", None), budgets(LLM), Verdict.AWAITING_CAP, None, 300),
-        (pod({"app": "web"}, "llm", None), budgets(LLM), Verdict.UNTRUSTED, UntrustedReason.NO_GRANT, 300),
-        # a new replica: no annotations, selected -> the safe default at once
-        (pod(DECODE), budgets(LLM), Verdict.AWAITING_CAP, None, 300),
-        # selected by two budgets: the lower safe default
-        (pod(DECODE), budgets(LLM, OTHER), Verdict.AWAITING_CAP, None, 280),
-        # a grant of another budget does not vouch for this budget's pod
-        (
-            pod({"app": "llm", "role": "prefill"}, "other", "400"),
-            budgets(LLM, OTHER),
-            Verdict.UNTRUSTED,
-            UntrustedReason.NO_GRANT,
-            280,
-        ),
-        # the highest grant of the budget's targets that select the pod counts
-        (pod({"app": "llm", "role": "prefill"}, "llm", "400"), budgets(LLM), Verdict.TRUSTED, None, 400),
     ],
 )
 def test_trust_rule_table(
@@ -97,7 +145,25 @@ def test_trust_rule_table(
     assert (result.verdict, result.reason, result.cap_watts) == (verdict, reason, watts)
 
 
-ADVISORY = BudgetView("ns", "preview", 200, (Grant("decode", parse_selector("app=llm"), 450),), advisory=True)
+@given(
+    labels=st.sampled_from([DECODE, PREFILL]),
+    named=st.sampled_from([None, "llm", "other", "preview", "gone"]),
+    value=st.one_of(st.none(), st.sampled_from(["1", "205", "400", "450", "500", "501", "700", "9999", "x"])),
+    index=st.sampled_from([budgets(LLM), budgets(LLM, OTHER), budgets(OLDER_OTHER, LLM, ADVISORY)]),
+)
+def test_a_selected_pod_never_gets_more_than_its_grant_whatever_it_writes_on_itself(
+    labels: dict[str, str], named: str | None, value: str | None, index: BudgetIndex
+) -> None:
+    view = pod(labels, named, value)
+    managing = managing_budget(view, index)
+    assert managing is not None
+    budget, grant = managing
+    result = pod_cap(view, index, AGENT_DEFAULT)
+    assert result is not None and result.budget == (budget.namespace, budget.name)
+    assert result.cap_watts <= grant
+    assert result.safe_default_watts <= grant
+    if result.verdict is not Verdict.TRUSTED:
+        assert result.cap_watts == min(grant, budget.safe_default_watts or AGENT_DEFAULT)
 
 
 def test_an_advisory_budget_changes_nothing_on_the_fleet() -> None:
@@ -128,6 +194,10 @@ def test_a_budget_with_an_unknown_safe_default_falls_back_to_the_agents() -> Non
     result = pod_cap(pod(DECODE, "llm", "450"), budgets(broken), AGENT_DEFAULT)
     assert result is not None
     assert (result.verdict, result.cap_watts) == (Verdict.UNTRUSTED, AGENT_DEFAULT)
+    granting = BudgetView("ns", "llm", None, (Grant("decode", parse_selector("app=llm"), 400),))
+    result = pod_cap(pod(DECODE), budgets(granting), AGENT_DEFAULT)
+    assert result is not None
+    assert (result.verdict, result.cap_watts) == (Verdict.AWAITING_CAP, AGENT_DEFAULT)
 
 
 def raw_budget(status: Any, safe: Any = 300) -> dict[str, Any]:
@@ -143,7 +213,7 @@ def raw_budget(status: Any, safe: Any = 300) -> dict[str, Any]:
                     "name": "decode",
                     "workloadRef": {"name": "decode"},
                     "maxReplicas": 2,
-                    "profile": {"points": [{"watts": 200, "throughput": 1}]},
+                    "profile": {"points": [{"watts": 200, "throughput": 1}, {"watts": 400, "throughput": 2}]},
                 }
             ],
         },
@@ -210,3 +280,95 @@ def test_pod_view_reads_the_contract_annotations() -> None:
         False,
     )
     assert pod_view({"metadata": {"name": "p", "namespace": "ns"}, "status": {"phase": "Succeeded"}}).finished
+
+
+KUBELET_STEPS: list[dict[str, Any]] = [
+    {},  # bound by the scheduler, not yet seen by the kubelet
+    {"phase": "Pending"},
+    {
+        "phase": "Pending",
+        "containerStatuses": [
+            {"name": "main", "ready": False, "state": {"waiting": {"reason": "ContainerCreating"}}}
+        ],
+    },
+    {
+        "phase": "Running",
+        "startTime": "2026-12-01T10:00:00Z",
+        "containerStatuses": [
+            {"name": "main", "ready": False, "state": {"running": {"startedAt": "2026-12-01T10:00:01Z"}}}
+        ],
+    },
+    {
+        "phase": "Running",
+        "startTime": "2026-12-01T10:00:00Z",
+        "containerStatuses": [
+            {"name": "main", "ready": True, "state": {"running": {"startedAt": "2026-12-01T10:00:01Z"}}}
+        ],
+    },
+]
+
+
+def _raw_pod(status: dict[str, Any], resources: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "namespace": "ns"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "resources": {"limits": {"nvidia.com/gpu": 1}} if resources is None else resources,
+                }
+            ]
+        },
+        "status": status,
+    }
+
+
+def test_every_step_the_kubelet_reports_changes_the_pods_view() -> None:
+    views = [pod_view(_raw_pod(status)) for status in KUBELET_STEPS]
+    assert all(before != after for before, after in pairwise(views))
+    # Without following the kubelet, only the end of a pod (finished) would show.
+    blind = [pod_view(_raw_pod(status), kubelet_steps=False) for status in KUBELET_STEPS]
+    assert all(before == after for before, after in pairwise(blind))
+
+
+@pytest.mark.parametrize(
+    ("resources", "asks"),
+    [
+        ({"limits": {"nvidia.com/gpu": 2}}, True),
+        ({"limits": {"nvidia.com/gpu.shared": "1"}}, True),
+        ({"requests": {"nvidia.com/mig-1g.10gb": 1}}, True),
+        ({"limits": {"nvidia.com/gpu": 0}}, False),
+        ({"limits": {"cpu": "2"}}, False),
+        ({}, False),
+    ],
+)
+def test_a_pod_asks_for_gpus_by_the_device_plugins_resource_names(
+    resources: dict[str, Any], asks: bool
+) -> None:
+    assert pod_view(_raw_pod({}, resources)).requests_gpus is asks
+
+
+def test_pod_view_reads_its_power_capped_condition() -> None:
+    status = {
+        "conditions": [
+            {"type": "Ready", "status": "True"},
+            {
+                "type": "gpupower.dev/PowerCapped",
+                "status": "True",
+                "reason": "Capped",
+                "message": "1 GPU(s) hold at most 205 W",
+                "lastTransitionTime": "2026-12-01T10:00:00Z",
+            },
+        ]
+    }
+    reported = pod_view(_raw_pod(status)).power_capped
+    assert reported == ReportedCondition(
+        "True", "Capped", "1 GPU(s) hold at most 205 W", "2026-12-01T10:00:00Z"
+    )
+    assert pod_view(_raw_pod({})).power_capped is None
+
+
+def test_budget_view_reads_its_age() -> None:
+    raw = raw_budget({})
+    raw["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    assert budget_view(raw).created == "2026-01-01T00:00:00Z"

@@ -35,7 +35,7 @@ def test_crd_has_the_documented_shape() -> None:
     assert version["name"] == "v1alpha1"
     assert version["subresources"] == {"status": {}}
     columns = [column["name"] for column in version["additionalPrinterColumns"]]
-    assert columns == ["Budget", "Planned", "Observed", "Replicas", "Ready", "Age"]
+    assert columns == ["Budget", "Planned", "Enforced", "Observed", "Replicas", "Ready", "Age"]
     rules = [
         rule["rule"]
         for node in _walk(version["schema"]["openAPIV3Schema"])

@@ -13,6 +13,7 @@ from gpupower_api.models import (
     BudgetSpec,
     InvalidSpecError,
     Mode,
+    ProfileSource,
     Strategy,
     parse_budget,
     parse_spec,
@@ -80,6 +81,30 @@ def test_cap_range_defaults_to_the_profile_span() -> None:
     assert (spec.targets[1].cap_range().min, spec.targets[1].cap_range().max) == (300, 300)
 
 
+def test_measured_points_may_dip() -> None:
+    # Benchmark noise: 425 W measured 0.1 % below 350 W; the planner raises it, the API keeps it.
+    points = [(200, 14.0), (350, 25.626), (425, 25.595), (500, 26.4)]
+    spec = parse_spec(
+        with_change("targets.0.profile.points", [{"watts": w, "throughput": t} for w, t in points])
+    )
+    assert [(p.watts, p.throughput) for p in spec.targets[0].profile.curve()] == points
+    assert spec.targets[0].profile.origin() is ProfileSource.POINTS
+
+
+def test_a_measured_profile_says_so() -> None:
+    spec = parse_spec(with_change("targets.0.profile.source", "Measured"))
+    assert spec.targets[0].profile.origin() is ProfileSource.MEASURED
+
+
+def test_a_preset_profile_spans_its_estimate_and_sets_the_cap_range() -> None:
+    spec = parse_spec(
+        with_change("targets.1.profile", {"preset": "decode", "peakThroughput": 3, "maxWatts": 700})
+    )
+    decode = spec.targets[1]
+    assert decode.profile.origin() is ProfileSource.PRESET
+    assert (decode.cap_range().min, decode.cap_range().max) == (200, 700)
+
+
 @pytest.mark.parametrize(
     ("path", "value", "field", "words"),
     [
@@ -104,15 +129,100 @@ def test_cap_range_defaults_to_the_profile_span() -> None:
         ("targets.0.capWatts.min", 800, "spec.targets[0].capWatts", "min (800) must be <= max (700)"),
         ("targets.0.capWatts.min", 0, "spec.targets[0].capWatts.min", "greater than 0"),
         ("targets.0.profile.points", [], "spec.targets[0].profile.points", "at least 1"),
-        ("targets.0.profile.points.0.watts", 0, "spec.targets[0].profile.points[0].watts", "greater than 0"),
-        ("targets.0.profile.points.0.watts", 700, "spec.targets[0].profile.points", "points[1].watts (700)"),
         (
-            "targets.0.profile.points.1.throughput",
-            4,
-            "spec.targets[0].profile.points",
-            "points[1].throughput (4)",
+            "targets.0.profile.points.0.watts",
+            0,
+            "spec.targets[0].profile.points[0].watts",
+            "greater than or equal to 1",
         ),
+        ("targets.0.profile.points.0.watts", 700, "spec.targets[0].profile.points", "points[1].watts (700)"),
+        ("targets.0.profile.points.1.watts", 200, "spec.targets[0].profile.points", "points[1].watts (200)"),
+        ("targets.0.profile.points.1.watts", 20000, "spec.targets[0].profile.points[1].watts", "10000"),
         ("targets.0.profile.points.0.throughput", -1, "spec.targets[0].profile.points[0].throughput", ">= 0"),
+        (
+            "targets.0.profile.points.0.throughput",
+            float("nan"),
+            "spec.targets[0].profile.points[0].throughput",
+            "finite",
+        ),
+        (
+            "targets.0.profile.points.0.throughput",
+            float("inf"),
+            "spec.targets[0].profile.points[0].throughput",
+            "finite",
+        ),
+        (
+            "targets.0.profile.points.0.throughput",
+            5e9,
+            "spec.targets[0].profile.points[0].throughput",
+            "1000000000",
+        ),
+        (
+            "targets.0.profile",
+            {"unit": "tokens/s"},
+            "spec.targets[0].profile",
+            "exactly one of points or preset",
+        ),
+        (
+            "targets.0.profile",
+            {
+                "points": [{"watts": 300, "throughput": 3}],
+                "preset": "decode",
+                "peakThroughput": 3,
+                "maxWatts": 700,
+            },
+            "spec.targets[0].profile",
+            "exactly one of points or preset",
+        ),
+        (
+            "targets.0.profile",
+            {"preset": "decode", "maxWatts": 700},
+            "spec.targets[0].profile",
+            "peakThroughput and maxWatts",
+        ),
+        (
+            "targets.0.profile",
+            {"preset": "sparse", "peakThroughput": 3, "maxWatts": 700},
+            "spec.targets[0].profile.preset",
+            "prefill",
+        ),
+        (
+            "targets.0.profile",
+            {"points": [{"watts": 300, "throughput": 3}], "maxWatts": 700},
+            "spec.targets[0].profile",
+            "maxWatts go with a preset",
+        ),
+        (
+            "targets.0.profile",
+            {"preset": "prefill", "peakThroughput": 3, "maxWatts": 700, "minWatts": 700},
+            "spec.targets[0].profile",
+            "minWatts (700) must be < maxWatts (700)",
+        ),
+        (
+            "targets.0.profile",
+            {"preset": "prefill", "peakThroughput": 3, "maxWatts": 700, "naturalWatts": 300},
+            "spec.targets[0].profile",
+            "naturalWatts goes with the decode preset",
+        ),
+        (
+            "targets.0.profile",
+            {"preset": "decode", "peakThroughput": 3, "maxWatts": 700, "minWatts": 200, "naturalWatts": 150},
+            "spec.targets[0].profile",
+            "naturalWatts (150) must be within minWatts..maxWatts",
+        ),
+        (
+            "targets.0.profile",
+            {"preset": "decode", "peakThroughput": 0, "maxWatts": 700},
+            "spec.targets[0].profile.peakThroughput",
+            "greater than 0",
+        ),
+        (
+            "targets.0.profile",
+            {"preset": "decode", "peakThroughput": 3, "maxWatts": 700, "source": "Measured"},
+            "spec.targets[0].profile",
+            "source Preset goes with a preset",
+        ),
+        ("targets.0.profile.source", "Preset", "spec.targets[0].profile", "source Preset goes with a preset"),
         ("targets.0.demand", -3, "spec.targets[0].demand", "greater than or equal to 0"),
         ("targets.0.surprise", 1, "spec.targets[0].surprise", "not permitted"),
         ("targets.0.preset", {"engine": "triton"}, "spec.targets[0].preset.engine", "vllm"),

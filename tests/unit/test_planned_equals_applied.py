@@ -76,7 +76,7 @@ def fleets(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, list[Gpu]], dict[
         placement[name] = frozenset(draw(st.sets(st.sampled_from(node_names), min_size=1)))
     spec = {
         "totalWatts": draw(st.integers(200, 20_000)),
-        "safeDefaultWatts": 200,
+        "safeDefaultWatts": 50,  # at most every drawn range's max (capWatts.min and points start at 50)
         "capStepWatts": draw(st.sampled_from([1, 5, 10, 25])),
         "targets": targets,
     }

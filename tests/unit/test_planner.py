@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 
@@ -83,6 +84,28 @@ def test_throughput_of_a_multi_point_profile_uses_the_enclosing_segment() -> Non
     points = profile((200, 9.0), (300, 14.0), (400, 17.2))
     assert throughput_at(points, 350) == pytest.approx(15.6)
     assert throughput_at(points, 300) == 14.0
+
+
+def test_a_measured_dip_is_raised_to_the_best_throughput_at_a_lower_cap() -> None:
+    # Benchmark noise: 425 W measured 0.1 % below 350 W.
+    points = profile((200, 14.0), (350, 25.626), (425, 25.595), (500, 26.4))
+    assert throughput_at(points, 425) == 25.626
+    assert throughput_at(points, 400) == 25.626  # the interpolated 25.605 is below what 350 W serves
+    assert throughput_at(points, 490) == pytest.approx(25.595 + 65 / 75 * (26.4 - 25.595))
+    assert throughput_at(points, 900) == 26.4
+
+
+def test_a_profile_that_falls_at_its_end_stays_at_its_best_beyond() -> None:
+    points = profile((200, 10.0), (300, 16.0), (400, 12.0))
+    assert [throughput_at(points, w) for w in (300, 350, 400, 700)] == [16.0, 16.0, 16.0, 16.0]
+
+
+def test_a_plan_never_pays_for_a_cap_that_serves_less_than_a_lower_one() -> None:
+    dipping = target(profile=profile((100, 10.0), (200, 20.0), (300, 15.0), (400, 22.0)), demand=20.0)
+    result = optimize(Problem(total_watts=10_000, targets=(dipping,), cap_step_watts=50))
+    assert choices(result) == [("a", 1, 200)]
+    assert result.targets[0].capacity == 20.0
+    assert result == brute_force(Problem(total_watts=10_000, targets=(dipping,), cap_step_watts=50))
 
 
 def test_single_point_profile_is_flat_everywhere() -> None:
@@ -203,7 +226,11 @@ def test_a_corrected_floor_exactly_at_the_budget_is_feasible() -> None:
             "targets[0].profile[1].watts",
         ),
         (
-            Problem(total_watts=1000, targets=(target(profile=profile((100, 2.0), (200, 1.0))),)),
+            Problem(total_watts=1000, targets=(target(profile=profile((100, 2.0), (200, -1.0))),)),
+            "targets[0].profile[1].throughput",
+        ),
+        (
+            Problem(total_watts=1000, targets=(target(profile=profile((100, 2.0), (200, math.nan))),)),
             "targets[0].profile[1].throughput",
         ),
     ],

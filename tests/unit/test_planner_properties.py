@@ -13,6 +13,7 @@ from gpupower_operator.planner import (
     Plan,
     Problem,
     ProfilePoint,
+    RaisedPoint,
     TargetProblem,
     brute_force,
     cap_grid,
@@ -22,6 +23,7 @@ from gpupower_operator.planner import (
     floor_watts,
     optimize,
     proportional,
+    raised_points,
     replica_throughput,
     served_fraction,
     target_milliwatts,
@@ -35,17 +37,34 @@ from gpupower_operator.planner import _throughputs_on_grid as throughputs_on_gri
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+STEPS = [0.0, 0.5, 1.0, 2.5, 3.0, 7.25]
+# Measured points may dip: noise of a fraction of a percent, or a real fall.
+DIPS = [-0.01, -0.5, -2.5, -6.0]
+
+
 @st.composite
-def profiles(draw: st.DrawFn) -> tuple[ProfilePoint, ...]:
-    """1-4 points, increasing watts, non-decreasing throughput (flat stretches included)."""
+def profiles(draw: st.DrawFn, dips: bool = True) -> tuple[ProfilePoint, ...]:
+    """1-4 points, increasing watts; throughput rising, flat, or (with ``dips``) falling between points."""
     count = draw(st.integers(1, 4))
     watts = sorted(draw(st.sets(st.integers(50, 800), min_size=count, max_size=count)))
     throughput = 0.0
     points = []
     for w in watts:
-        throughput += draw(st.sampled_from([0.0, 0.5, 1.0, 2.5, 3.0, 7.25]))
+        throughput = max(0.0, throughput + draw(st.sampled_from(STEPS + DIPS if dips else STEPS)))
         points.append(ProfilePoint(float(w), throughput))
     return tuple(points)
+
+
+def interpolated(profile: tuple[ProfilePoint, ...], watts: float) -> float:
+    """The profile before the envelope: linear between points, flat beyond the ends."""
+    if watts <= profile[0].watts:
+        return profile[0].throughput
+    if watts >= profile[-1].watts:
+        return profile[-1].throughput
+    high = next(i for i, p in enumerate(profile) if p.watts > watts)
+    low_point, high_point = profile[high - 1], profile[high]
+    share = (watts - low_point.watts) / (high_point.watts - low_point.watts)
+    return low_point.throughput + share * (high_point.throughput - low_point.throughput)
 
 
 @st.composite
@@ -218,6 +237,47 @@ def test_throughputs_on_a_cap_grid_are_throughput_at_bit_for_bit(
 ) -> None:
     grid = cap_grid(cap_min, cap_min + span, step)
     assert throughputs_on_grid(profile, grid) == [throughput_at(profile, cap) for cap in grid]
+
+
+@SETTINGS
+@given(profiles(), st.integers(1, 900))
+def test_throughput_at_is_the_highest_the_interpolated_profile_reaches_at_or_below_the_cap(
+    profile: tuple[ProfilePoint, ...], cap: int
+) -> None:
+    # Brute force over where a piecewise-linear function can peak: the cap and every point below it.
+    candidates = [cap] + [p.watts for p in profile if p.watts <= cap]
+    assert throughput_at(profile, cap) == max(interpolated(profile, w) for w in candidates)
+    # And no watts at or below the cap, sampled every half watt, reaches more.
+    sampled = max(interpolated(profile, w / 2) for w in range(0, 2 * cap + 1))
+    assert sampled <= throughput_at(profile, cap) * (1 + 1e-12)
+
+
+@SETTINGS
+@given(profiles(), st.integers(1, 900), st.integers(0, 300))
+def test_a_higher_cap_never_delivers_less(profile: tuple[ProfilePoint, ...], cap: int, more: int) -> None:
+    assert throughput_at(profile, cap + more) >= throughput_at(profile, cap)
+
+
+@SETTINGS
+@given(profiles(dips=False), st.integers(1, 900))
+def test_a_profile_that_never_dips_is_used_as_interpolated(
+    profile: tuple[ProfilePoint, ...], cap: int
+) -> None:
+    assert throughput_at(profile, cap) == interpolated(profile, cap)
+    assert raised_points(profile) == ()
+
+
+@SETTINGS
+@given(profiles())
+def test_raised_points_are_those_below_the_best_at_a_lower_cap(profile: tuple[ProfilePoint, ...]) -> None:
+    raised = {r.index: r for r in raised_points(profile)}
+    for index, point in enumerate(profile):
+        best = max(p.throughput for p in profile[: index + 1])
+        assert throughput_at(profile, point.watts) == best
+        if point.throughput < best:
+            assert raised[index] == RaisedPoint(index, point.watts, point.throughput, best)
+        else:
+            assert index not in raised
 
 
 @SETTINGS

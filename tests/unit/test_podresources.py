@@ -1,8 +1,8 @@
-"""The PodResources client against real gRPC servers on a unix socket."""
+"""The PodResources client against real gRPC servers on a unix socket: whole, time-sliced and MIG GPUs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -10,7 +10,9 @@ import grpc
 import pytest
 
 from gpupower_agent.cluster import PodKey
+from gpupower_agent.deviceids import UnmappedDevice
 from gpupower_agent.mapping import MappingError, PodRef
+from gpupower_agent.nvml import GPU_MODELS, FakeGpuSpec, FakeNvml, NvmlErrorKind
 from gpupower_agent.podresources import (
     FakePodResourcesServer,
     PodResourcesMapping,
@@ -142,3 +144,125 @@ def test_the_wire_format_matches_the_kubelet_field_numbers() -> None:
     pod = b"\x0a\x01p" + b"\x12\x01n" + b"\x1a" + bytes([len(container)]) + container  # containers = 3
     assert message.SerializeToString() == b"\x0a" + bytes([len(pod)]) + pod  # pod_resources = 1
     assert api_pb2.DESCRIPTOR.services_by_name["PodResourcesLister"].full_name == "v1.PodResourcesLister"
+
+
+# ---------------------------------------------------------------------------
+# Shared and partitioned GPUs, through a real gRPC server and the fake NVML's MIG devices
+
+
+@pytest.fixture
+async def kubelet(tmp_path: Path) -> AsyncIterator[FakePodResourcesServer]:
+    with FakePodResourcesServer(tmp_path / "kubelet.sock") as server:
+        yield server
+
+
+async def _assignments(mapping: PodResourcesMapping) -> dict[str, list[PodRef]]:
+    try:
+        return {uuid: list(refs) for uuid, refs in (await mapping.assignments()).items()}
+    finally:
+        await mapping.close()
+
+
+def _ref(name: str) -> PodRef:
+    return PodRef(key=PodKey("llm", name))
+
+
+async def test_time_sliced_replicas_of_one_gpu_are_that_gpu_for_every_pod_on_it(
+    kubelet: FakePodResourcesServer,
+) -> None:
+    nvml = FakeNvml("node", FakeGpuSpec(2, GPU_MODELS["h100-sxm"]))
+    gpu0, gpu1 = (g.uuid for g in nvml.gpus())
+    kubelet.allocate(PodKey("llm", "a"), [f"{gpu0}::0", f"{gpu0}::3"])  # two replicas: one pod on one GPU
+    kubelet.allocate(PodKey("llm", "b"), [f"{gpu0}::1"])
+    kubelet.allocate(PodKey("llm", "c"), [f"{gpu1}::0"], resource="nvidia.com/gpu.shared")  # renameByDefault
+    mapping = PodResourcesMapping(kubelet.socket_path, resolver=nvml)
+    assert await _assignments(mapping) == {gpu0: [_ref("a"), _ref("b")], gpu1: [_ref("c")]}
+
+
+async def test_mig_devices_are_their_parent_gpu_with_the_single_and_the_mixed_strategy(
+    kubelet: FakePodResourcesServer,
+) -> None:
+    nvml = FakeNvml("node", FakeGpuSpec(3, GPU_MODELS["a100-sxm"]))
+    whole, single, mixed = (g.uuid for g in nvml.gpus())
+    single_migs = nvml.set_mig_devices(single, ["3g.20gb", "3g.20gb"])
+    mixed_migs = nvml.set_mig_devices(mixed, ["1g.10gb", "1g.10gb", "2g.20gb"])
+    kubelet.allocate(PodKey("llm", "whole"), [whole])
+    kubelet.allocate(PodKey("llm", "s0"), [single_migs[0]])  # single strategy: nvidia.com/gpu
+    kubelet.allocate(PodKey("llm", "s1"), [single_migs[1]])
+    kubelet.allocate(PodKey("llm", "m0"), [mixed_migs[0]], resource="nvidia.com/mig-1g.10gb")
+    kubelet.allocate(PodKey("llm", "m1"), [f"{mixed_migs[2]}::1"], resource="nvidia.com/mig-2g.20gb.shared")
+    mapping = PodResourcesMapping(kubelet.socket_path, resolver=nvml)
+    assert await _assignments(mapping) == {
+        whole: [_ref("whole")],
+        single: [_ref("s0"), _ref("s1")],
+        mixed: [_ref("m0"), _ref("m1")],
+    }
+
+
+async def test_resource_names_are_configurable_with_shell_patterns(kubelet: FakePodResourcesServer) -> None:
+    nvml = FakeNvml("node", FakeGpuSpec(2, GPU_MODELS["h100-sxm"]))
+    gpu0, gpu1 = (g.uuid for g in nvml.gpus())
+    kubelet.allocate(PodKey("llm", "a"), [gpu0], resource="example.com/accelerator")
+    kubelet.allocate(PodKey("llm", "b"), [gpu1])  # nvidia.com/gpu, no longer a GPU resource here
+    default = PodResourcesMapping(kubelet.socket_path, resolver=nvml)
+    assert await _assignments(default) == {gpu1: [_ref("b")]}
+    custom = PodResourcesMapping(kubelet.socket_path, resolver=nvml, resource_names=["example.com/acc*"])
+    assert await _assignments(custom) == {gpu0: [_ref("a")]}
+
+
+async def test_devices_on_no_gpu_of_the_node_are_reported_once_each_and_counted(
+    kubelet: FakePodResourcesServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    nvml = FakeNvml("node", FakeGpuSpec(1, GPU_MODELS["h100-sxm"]))
+    gpu = nvml.gpus()[0].uuid
+    kubelet.allocate(PodKey("llm", "ok"), [f"{gpu}::0"])
+    kubelet.allocate(PodKey("llm", "index"), ["0"])  # deviceIDStrategy: index
+    kubelet.allocate(PodKey("llm", "gone"), ["MIG-0f0f0f0f-0000-0000-0000-000000000000"], container="c")
+    kubelet.allocate(PodKey("llm", "elsewhere"), ["GPU-ffffffff-0000-0000-0000-000000000000"])
+    counted: list[UnmappedDevice] = []
+    mapping = PodResourcesMapping(kubelet.socket_path, resolver=nvml, on_unmapped=counted.append)
+    try:
+        for _ in range(3):
+            assert {u: list(r) for u, r in (await mapping.assignments()).items()} == {gpu: [_ref("ok")]}
+        kubelet.release(PodKey("llm", "index"))
+        await mapping.assignments()
+        kubelet.allocate(PodKey("llm", "index"), ["0"])  # back again: reported again
+        await mapping.assignments()
+    finally:
+        await mapping.close()
+    assert sorted((d.pod.name, d.container, d.resource, d.device_id) for d in counted) == [
+        ("elsewhere", "main", "nvidia.com/gpu", "GPU-ffffffff-0000-0000-0000-000000000000"),
+        ("gone", "c", "nvidia.com/gpu", "MIG-0f0f0f0f-0000-0000-0000-000000000000"),
+        ("index", "main", "nvidia.com/gpu", "0"),
+        ("index", "main", "nvidia.com/gpu", "0"),
+    ]
+    logged = [r.getMessage() for r in caplog.records if "event=device_unmapped" in r.getMessage()]
+    assert len(logged) == 4
+    assert any("pod=llm/index" in line and "deviceIDStrategy must be uuid" in line for line in logged)
+    assert any("pod=llm/gone container=c" in line and "no MIG device" in line for line in logged)
+
+
+async def test_nvml_failing_to_place_a_mig_device_is_a_mapping_error(kubelet: FakePodResourcesServer) -> None:
+    nvml = FakeNvml("node", FakeGpuSpec(1, GPU_MODELS["h100-sxm"]))
+    gpu = nvml.gpus()[0].uuid
+    mig = nvml.set_mig_devices(gpu, ["1g.10gb"])[0]
+    kubelet.allocate(PodKey("llm", "a"), [mig], resource="nvidia.com/mig-1g.10gb")
+    nvml.inject_error("mig", NvmlErrorKind.UNINITIALIZED, uuid=gpu)
+    mapping = PodResourcesMapping(kubelet.socket_path, resolver=nvml)
+    try:
+        with pytest.raises(MappingError, match=f"placing device {mig} of pod llm/a"):
+            await mapping.assignments()
+    finally:
+        await mapping.close()
+
+
+async def test_without_nvml_gpu_uuids_are_taken_as_they_are_and_mig_devices_are_reported(
+    kubelet: FakePodResourcesServer,
+) -> None:
+    kubelet.allocate(PodKey("llm", "a"), ["GPU-1::2", "MIG-2"])
+    counted: list[UnmappedDevice] = []
+    mapping = PodResourcesMapping(kubelet.socket_path, on_unmapped=counted.append)
+    assert await _assignments(mapping) == {"GPU-1": [_ref("a")]}
+    assert [(d.device_id, d.reason) for d in counted] == [
+        ("MIG-2", "a MIG device, and no NVML to find its GPU")
+    ]

@@ -56,6 +56,7 @@ def status_for(budget: BudgetSpec, demand: dict[str, float | None], sources: dic
                 planned_replicas=t.replicas,
                 current_replicas=t.replicas,  # enforced at once
                 pods_annotated=t.replicas,
+                pods_enforced=t.replicas,
                 cap_watts=t.cap_watts,
                 projected_watts=t.watts,
                 capacity=t.capacity,
@@ -309,14 +310,20 @@ async def test_failed_reads_are_counted() -> None:
     assert len(failures) == 2
 
 
-def test_no_correction_while_the_plan_is_not_yet_enforced() -> None:
+@pytest.mark.parametrize(
+    "moving_field",
+    # A pod not annotated yet; or every pod annotated, one not yet confirmed on the hardware by its agent.
+    ["pods_annotated", "pods_enforced"],
+)
+def test_no_correction_while_the_plan_is_not_yet_enforced(moving_field: str) -> None:
     budget = spec(driftChecks=1, replanIntervalSeconds=0)
     old = status_for(budget, {"decode": 24.0}, {"decode": "Prometheus"})
     decode = old.target("decode")
     assert decode is not None
-    moving = old.model_copy(
-        update={"targets": [decode.model_copy(update={"pods_annotated": decode.planned_replicas - 1})]}
-    )
+    behind: dict[str, int] = {"pods_enforced": decode.planned_replicas - 1}
+    if moving_field == "pods_annotated":
+        behind["pods_annotated"] = decode.planned_replicas - 1
+    moving = old.model_copy(update={"targets": [decode.model_copy(update=behind)]})
     gpus = decode.planned_replicas
     memory = Memory()
     for second in range(5):

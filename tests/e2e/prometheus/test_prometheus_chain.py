@@ -123,6 +123,7 @@ class Loop:
                     planned_replicas=t.replicas,
                     current_replicas=t.replicas,  # the simulated fleet enforces at once
                     pods_annotated=t.replicas,
+                    pods_enforced=t.replicas,
                     cap_watts=t.cap_watts,
                     projected_watts=t.watts,
                     capacity=t.capacity,

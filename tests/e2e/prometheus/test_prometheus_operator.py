@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gpupower_operator.planner import ProfilePoint, throughput_at
+from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import OperatorProcess
 from tests.e2e.promkit import PodTraffic, PrometheusStack, close_to
 from tests.envtest import REPO, ControlPlane, unique_name, wait_for
@@ -30,15 +31,24 @@ POINTS = tuple(ProfilePoint(p["watts"], p["throughput"]) for p in PROFILE)
 
 
 @pytest.fixture(scope="module")
+def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatedFleet]:
+    """A node with a simulated kubelet and a real agent: corrections wait for the caps its agent confirms."""
+    if not crd_installed.has_controllers:
+        pytest.skip("the control-plane binaries have no kube-controller-manager (standard envtest download)")
+    fleet = SimulatedFleet(
+        crd_installed, tmp_path_factory.mktemp("prometheus-fleet"), [unique_name("gpu-node")], gpus=64
+    ).start()
+    yield fleet
+    fleet.stop()
+
+
+@pytest.fixture(scope="module")
 def operator(
-    crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    crd_installed: ControlPlane, fleet: SimulatedFleet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     control_plane = crd_installed
-    if not control_plane.has_controllers:
-        pytest.skip("the control-plane binaries have no kube-controller-manager (standard envtest download)")
     control_plane.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
     control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
-    control_plane.add_node(unique_name("gpu-node"), gpus=64)
     directory: Path = tmp_path_factory.mktemp("operator-prometheus")
     kubeconfig = control_plane.service_account_kubeconfig(SYSTEM_NAMESPACE, ACCOUNT, directory)
     process = OperatorProcess(kubeconfig, directory / "operator.log", resync_seconds=1.0)
@@ -165,10 +175,10 @@ def ns(operator: OperatorProcess, namespace: str, control_plane: ControlPlane) -
 
 
 def test_operator_follows_demand_and_spends_the_watts_gpus_leave_unused(
-    control_plane: ControlPlane, prometheus: PrometheusStack, ns: str
+    control_plane: ControlPlane, prometheus: PrometheusStack, fleet: SimulatedFleet, ns: str
 ) -> None:
     cp = control_plane
-    cp.apply(gpu_deployment("decode", ns, 1, container="vllm"))
+    cp.apply(gpu_deployment("decode", ns, 1, node_selector=fleet.node_selector, container="vllm"))
     cp.apply(budget(ns, prometheus.url, total_watts=2000))
     with FleetSimulator(cp, prometheus, ns) as fleet:
         fleet.load.demand = 12
@@ -228,10 +238,10 @@ def test_operator_follows_demand_and_spends_the_watts_gpus_leave_unused(
 
 
 def test_prometheus_down_keeps_the_last_plan_and_recovery_resumes(
-    control_plane: ControlPlane, prometheus: PrometheusStack, ns: str
+    control_plane: ControlPlane, prometheus: PrometheusStack, fleet: SimulatedFleet, ns: str
 ) -> None:
     cp = control_plane
-    cp.apply(gpu_deployment("decode", ns, 1, container="vllm"))
+    cp.apply(gpu_deployment("decode", ns, 1, node_selector=fleet.node_selector, container="vllm"))
     cp.apply(budget(ns, prometheus.url, total_watts=4000))
     with FleetSimulator(cp, prometheus, ns) as fleet:
         fleet.load.demand = 18
