@@ -106,13 +106,11 @@ class Fleet:
 
 
 @contextmanager
-def simulated_nodes(
-    cp: ControlPlane, root: Path, names: tuple[str, ...] = NODES, labels: dict[str, str] | None = None
-) -> Iterator[Fleet]:
+def simulated_nodes(cp: ControlPlane, root: Path) -> Iterator[Fleet]:
     """Create the Node objects and run one simulator per node in a background event loop."""
     nodes: list[Node] = []
-    for name in names:
-        cp.add_node(name, gpus=GPUS_PER_NODE, labels=labels)
+    for name in NODES:
+        cp.add_node(name, gpus=GPUS_PER_NODE)
         directory = root / name
         directory.mkdir(parents=True)
         simulator = NodeSimulator(name, GPUS_PER_NODE, directory / "pod-resources" / "kubelet.sock")

@@ -6,7 +6,8 @@ ServiceAccounts), Prometheus (Debian's) scraping them through the shipped
 scrape configuration (``manifests/monitoring/prometheus/scrape-configs.yaml``,
 its relabeling fed with the labels Kubernetes service discovery would give
 those pods), and the shipped rules file loaded into it. Simulated: the two
-nodes and their kubelets (``demo/nodesim.py``: PodResources, pods Running),
+nodes and their kubelets (``tests/e2e/fleetkit.py``: the demo's node simulator, PodResources, pods
+Running),
 the GPUs (the agents' fake NVML, one of them failing to set limits), and DCGM
 (the synthetic exporter reports each worker pod's GPU drawing 80 % of its cap).
 """
@@ -26,9 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
-from demo.run import Fleet, simulated_nodes
 from monitoring import __main__ as generate
-from tests.e2e.agentkit import AgentProcess, agent_kubeconfig
+from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import ApiProxy, OperatorProcess, proxied_kubeconfig, upstream_of
 from tests.e2e.promkit import PrometheusServer, SyntheticExporter, prometheus_binary
 from tests.envtest import REPO, ControlPlane, unique_name, wait_for
@@ -39,7 +39,6 @@ pytestmark = [pytest.mark.envtest, pytest.mark.controllers, pytest.mark.promethe
 SYSTEM_NAMESPACE = "gpupower-system"
 SCRAPE_CONFIGS = REPO / "manifests" / "monitoring" / "prometheus" / "scrape-configs.yaml"
 RULES = REPO / "manifests" / "monitoring" / "rules" / "gpupower.rules.yaml"
-FLEET_LABEL = "gpupower.test/fleet"
 
 
 def kubernetes_sd_target(app: str, port: int, node: str, pod: str) -> dict[str, Any]:
@@ -113,9 +112,6 @@ def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     root = tmp_path_factory.mktemp("dashboard")
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
-    agents_kubeconfig = agent_kubeconfig(cp, root)
-    fleet_id = unique_name("fleet")
-    names = (f"{fleet_id}-1", f"{fleet_id}-2")
     namespace = unique_name("dash")
     cp.kubectl("create", "namespace", namespace)
     exporter = SyntheticExporter()
@@ -125,65 +121,57 @@ def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     operator = OperatorProcess(
         proxied_kubeconfig(cp, SYSTEM_NAMESPACE, "gpupower-operator", root, proxy.url), root / "operator.log"
     )
-    agents: list[AgentProcess] = []
+    fleet = SimulatedFleet(cp, root / "fleet", [unique_name("gpu-node") for _ in range(2)])
     prometheus: PrometheusServer | None = None
-    nodes: Fleet | None = None
     try:
-        with simulated_nodes(cp, root / "nodes", names, labels={FLEET_LABEL: fleet_id}) as nodes:
-            for node in nodes.nodes:
-                agent = AgentProcess(node.name, agents_kubeconfig, node.directory, node.simulator.socket_path)
-                agents.append(agent.start())
-            # A GPU whose driver refuses power limits: the NVML error panel and alert have something to show.
-            agents[0].edit_gpu(0, faults={"set": "no_permission"})
-            # The first status writes fail: the operator's error panel has something to show.
-            failures = {"left": 2}
+        fleet.start()
+        agents = [node.agent for node in fleet.nodes.values()]
+        # A GPU whose driver refuses power limits: the NVML error panel and alert have something to show.
+        agents[0].edit_gpu(0, faults={"set": "no_permission"})
+        # The first status writes fail: the operator's error panel has something to show.
+        failures = {"left": 2}
 
-            def first_status_writes_fail(method: str, path: str) -> int | None:
-                if method == "PATCH" and path.endswith("/status") and failures["left"] > 0:
-                    failures["left"] -= 1
-                    return 500
-                return None
+        def first_status_writes_fail(method: str, path: str) -> int | None:
+            if method == "PATCH" and path.endswith("/status") and failures["left"] > 0:
+                failures["left"] -= 1
+                return 500
+            return None
 
-            proxy.fault = first_status_writes_fail
-            operator.start()
-            targets = {
-                "gpupower-operator": [
-                    kubernetes_sd_target("gpupower-operator", operator.metrics_port, names[0], "operator-0")
-                ],
-                "gpupower-agent": [
-                    kubernetes_sd_target("gpupower-agent", agent.metrics_port, agent.node_name, f"agent-{i}")
-                    for i, agent in enumerate(agents)
-                ],
-            }
-            prometheus = PrometheusServer(
-                exporter.port,
-                workdir,
-                extra_scrape_configs=shipped_scrape_configs(targets),
-                rule_files=[RULES],
-            )
-            prometheus.start()
-            selector = {FLEET_LABEL: fleet_id}
-            cp.apply(
-                [
-                    gpu_deployment("prefill", namespace, 2, node_selector=selector),
-                    gpu_deployment("decode", namespace, 2, gpus=2, node_selector=selector),
-                ]
-            )
-            cp.apply(budget(namespace, prometheus.url))
-            with DcgmSimulator(cp, exporter, namespace):
-                yield Running(prometheus, namespace, names, operator)
+        proxy.fault = first_status_writes_fail
+        operator.start()
+        targets = {
+            "gpupower-operator": [
+                kubernetes_sd_target(
+                    "gpupower-operator", operator.metrics_port, agents[0].node_name, "operator-0"
+                )
+            ],
+            "gpupower-agent": [
+                kubernetes_sd_target("gpupower-agent", agent.metrics_port, agent.node_name, f"agent-{i}")
+                for i, agent in enumerate(agents)
+            ],
+        }
+        prometheus = PrometheusServer(
+            exporter.port, workdir, extra_scrape_configs=shipped_scrape_configs(targets), rule_files=[RULES]
+        )
+        prometheus.start()
+        cp.apply(
+            [
+                gpu_deployment("prefill", namespace, 2, node_selector=fleet.node_selector),
+                gpu_deployment("decode", namespace, 2, gpus=2, node_selector=fleet.node_selector),
+            ]
+        )
+        cp.apply(budget(namespace, prometheus.url))
+        with DcgmSimulator(cp, exporter, namespace):
+            yield Running(prometheus, namespace, tuple(fleet.node_names), operator)
     finally:
         cp.kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
         cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         operator.stop()
-        for agent in agents:
-            if agent.running():
-                agent.stop()
+        fleet.stop()
         if prometheus is not None:
             prometheus.stop()
         proxy.stop()
         exporter.stop()
-        cp.kubectl("delete", "node", *names, "--wait=false", check=False)
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"operator log: {operator.log_path}\n{operator.log_tail(20)}")
 

@@ -598,7 +598,7 @@ def test_an_operator_killed_in_the_middle_of_a_reconcile_converges_after_restart
 
 def test_a_statefulset_target_is_scaled_and_capped_end_to_end(harness: Harness, ns: str) -> None:
     cp = harness.control_plane
-    cp.apply(gpu_statefulset("decode", ns, 1))
+    cp.apply(gpu_statefulset("decode", ns, 1, node_selector=harness.fleet.node_selector))
     doc = budget("llm", ns, 2000, [target("decode", "decode", demand=45)])
     doc["spec"]["targets"][0]["workloadRef"]["kind"] = "StatefulSet"
     the_plan = expected_plan(doc)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.budgetkit import budget, expected_plan, target, wait_ready
+from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.ha import (
     Replica,
     install,
@@ -24,7 +26,7 @@ from tests.e2e.ha import (
     start_replicas,
     wait_planned,
 )
-from tests.e2e.test_operator import budget, expected_plan, fleet_enforced, target, wait_ready
+from tests.e2e.test_operator import fleet_enforced
 from tests.envtest import ControlPlane, unique_name, wait_for
 from tests.workloads import gpu_deployment
 
@@ -38,13 +40,21 @@ HANDOVER_BOUND_SECONDS = 6.0
 
 
 @pytest.fixture
-def replicas(
+def fleet(
     requires_controllers: ControlPlane, crd_installed: ControlPlane, tmp_path: Path
-) -> Iterator[list[Replica]]:
+) -> Iterator[SimulatedFleet]:
+    """One node with a simulated kubelet and a real agent: Ready needs the GPUs to confirm their caps."""
+    started = SimulatedFleet(crd_installed, tmp_path / "fleet", [unique_name("gpu-node")], gpus=16).start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def replicas(crd_installed: ControlPlane, fleet: SimulatedFleet, tmp_path: Path) -> Iterator[list[Replica]]:
     control_plane = crd_installed
     install(control_plane)
-    node = unique_name("gpu-node")
-    control_plane.add_node(node, gpus=16)
     started = start_replicas(control_plane, tmp_path, ("replica-a", "replica-b"))
     try:
         yield started
@@ -53,11 +63,10 @@ def replicas(
             replica.operator.stop()
             replica.proxy.stop()
             print(f"{replica.identity} log: {replica.operator.log_path}\n{replica.operator.log_tail(25)}")
-        control_plane.kubectl("delete", "node", node, "--wait=false", check=False)
 
 
 def test_the_standby_plans_a_change_within_the_bound_after_the_active_replica_is_killed_and_never_two_write(
-    replicas: list[Replica], crd_installed: ControlPlane, namespace: str
+    replicas: list[Replica], fleet: SimulatedFleet, crd_installed: ControlPlane, namespace: str
 ) -> None:
     cp = crd_installed
     a, b = replicas
@@ -67,7 +76,13 @@ def test_the_standby_plans_a_change_within_the_bound_after_the_active_replica_is
     assert b.leading() is False, "the second replica must stand by while the first holds the Lease"
     assert lease_holder(cp) == "replica-a"
 
-    cp.apply([gpu_deployment("prefill", namespace, 2), gpu_deployment("decode", namespace, 2)])
+    pin = fleet.node_selector
+    cp.apply(
+        [
+            gpu_deployment("prefill", namespace, 2, node_selector=pin),
+            gpu_deployment("decode", namespace, 2, node_selector=pin),
+        ]
+    )
     apps = {"prefill": "prefill", "decode": "decode"}
     doc = budget(
         "llm",
