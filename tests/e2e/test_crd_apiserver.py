@@ -121,6 +121,24 @@ INVALID = [
         "preset.frontend applies to engine dynamo only",
     ),
     (
+        "oversubscription",
+        {"maxRatio": 0.8},
+        "spec.oversubscription.maxRatio",
+        "oversubscription.maxRatio must be between 1.0 and 3",
+    ),
+    (
+        "oversubscription",
+        {"maxRatio": 12},
+        "spec.oversubscription.maxRatio",
+        "oversubscription.maxRatio must be between 1.0 and 3",
+    ),
+    (
+        "oversubscription",
+        {"maxRatio": 1.3, "guardTargetRatio": 0.85, "guardReleaseRatio": 0.9},
+        "spec.oversubscription.guardReleaseRatio",
+        "must be below guardTargetRatio",
+    ),
+    (
         "safeDefaultWatts",
         750,
         "spec.safeDefaultWatts",
