@@ -21,6 +21,8 @@ TITLE = "gpupower: GPU power budgets"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 BUDGET = 'namespace=~"$namespace",budget=~"$budget"'
+# The agents' per-budget series name the budget's namespace budget_namespace (their own is the agent's).
+GUARDED = 'budget_namespace=~"$namespace",budget=~"$budget"'
 # The node of an agent's series: from its gpupower_agent_info, whatever the scrape's relabeling.
 ON_NODE = '* on (job, instance) group_left (node) gpupower_agent_info{node=~"$node"}'
 
@@ -65,16 +67,43 @@ SECTIONS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         "Budgets",
         (
             Panel(
-                "Budget limit, planned and observed watts",
+                "Budget limit, planned, enforced and observed watts",
                 (
                     per_budget("budget_watts", "limit"),
                     per_budget("planned_watts", "planned"),
+                    per_budget("enforced_watts", "enforced"),
                     per_budget("observed_watts", "observed"),
                 ),
                 unit="watt",
                 width=24,
-                description="The budget's totalWatts, the power of its plan (every GPU at its planned cap), "
-                "and what its GPUs draw (DCGM, read by the operator from Prometheus).",
+                description="The budget's totalWatts, the power of its plan, what its GPUs can hold at most "
+                "now according to their agents (enforced), and what they draw (DCGM, read by the operator "
+                "from Prometheus).",
+            ),
+            Panel(
+                "Caps against their limit, and the planned draw",
+                (
+                    per_budget("caps_watts", "caps"),
+                    per_budget("caps_limit_watts", "caps limit"),
+                    per_budget("planned_draw_watts", "planned draw"),
+                ),
+                unit="watt",
+                width=12,
+                description="The planned caps summed, what they may sum to (totalWatts, or x maxRatio when "
+                "oversubscribed), and what the plan expects the GPUs to draw.",
+            ),
+            Panel(
+                "Enforcement stalled",
+                (
+                    q(
+                        f'gpupower_operator_condition{{{BUDGET},type="EnforcementStalled",status="True"}}',
+                        "{{namespace}}/{{budget}}",
+                    ),
+                ),
+                kind="stat",
+                width=12,
+                description="1: pods whose agent has not confirmed their caps for longer than the operator's "
+                "--enforcement-timeout-seconds; raises wait for them.",
             ),
             Panel(
                 "Served fraction of demand",
@@ -143,6 +172,54 @@ SECTIONS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 ),
                 unit="watt",
                 width=24,
+            ),
+        ),
+    ),
+    (
+        "Draw guard (oversubscribed budgets)",
+        (
+            Panel(
+                "Guard engaged, per node and budget",
+                (
+                    q(
+                        f"gpupower_agent_guard_engaged{{{GUARDED}}} {ON_NODE}",
+                        "{{node}} {{budget_namespace}}/{{budget}}",
+                    ),
+                ),
+                width=8,
+                description="1 while an agent's draw guard holds the budget's GPUs on its node below their "
+                "caps.",
+            ),
+            Panel(
+                "Guard: draw against share, per node and budget",
+                (
+                    q(
+                        f"gpupower_agent_guard_draw_watts{{{GUARDED}}} {ON_NODE}",
+                        "{{node}} {{budget}} drawn",
+                    ),
+                    q(
+                        f"gpupower_agent_guard_share_watts{{{GUARDED}}} {ON_NODE}",
+                        "{{node}} {{budget}} share",
+                    ),
+                ),
+                unit="watt",
+                width=8,
+                description="What the budget's GPUs on the node drew at the guard's last reading, and their "
+                "share of the budget.",
+            ),
+            Panel(
+                "Guard engagements",
+                (
+                    q(
+                        "sum by (node, budget_namespace, budget) (increase("
+                        f"gpupower_agent_guard_engagements_total{{{GUARDED}}}[$__rate_interval]) {ON_NODE})",
+                        "{{node}} {{budget_namespace}}/{{budget}}",
+                    ),
+                    per_target("guard_engagements", "counted by the operator"),
+                ),
+                width=8,
+                description="Engagements per node, and as the operator counts them per target (it plans with "
+                "less oversubscription after each).",
             ),
         ),
     ),

@@ -798,6 +798,10 @@ class BudgetStatus(ApiModel):
     caps_watts: float | None = Field(
         default=None, description="The planned caps summed over all targets' GPUs, in watts."
     )
+    caps_limit_watts: float | None = Field(
+        default=None,
+        description="What the caps may sum to: totalWatts, or totalWatts x maxRatio when oversubscribed (W).",
+    )
     planned_draw_watts: float | None = Field(
         default=None,
         description="What the plan expects the GPUs to draw (caps x power factors), in watts; within "

@@ -44,6 +44,24 @@ class OperatorMetrics:
             _BUDGET_LABELS,
             registry=r,
         )
+        self.caps_watts = Gauge(
+            "gpupower_operator_caps_watts",
+            "The planned caps summed over a budget's GPUs.",
+            _BUDGET_LABELS,
+            registry=r,
+        )
+        self.caps_limit_watts = Gauge(
+            "gpupower_operator_caps_limit_watts",
+            "What a budget's caps may sum to: totalWatts, or totalWatts x maxRatio when oversubscribed.",
+            _BUDGET_LABELS,
+            registry=r,
+        )
+        self.planned_draw_watts = Gauge(
+            "gpupower_operator_planned_draw_watts",
+            "What a budget's plan expects its GPUs to draw (caps x power factors).",
+            _BUDGET_LABELS,
+            registry=r,
+        )
         self.observed_watts = Gauge(
             "gpupower_operator_observed_watts",
             "Observed power of a budget's fleet (absent until measured).",
@@ -103,6 +121,9 @@ class OperatorMetrics:
             (self.budget_watts, status.budget_watts),
             (self.planned_watts, status.planned_watts),
             (self.enforced_watts, status.enforced_watts),
+            (self.caps_watts, status.caps_watts),
+            (self.planned_draw_watts, status.planned_draw_watts),
+            (self.caps_limit_watts, status.caps_limit_watts),
             (self.observed_watts, status.observed_watts),
             (self.served_fraction, status.served_fraction),
             (self.utilization, status.utilization),
@@ -149,6 +170,9 @@ class OperatorMetrics:
             self.budget_watts,
             self.planned_watts,
             self.enforced_watts,
+            self.caps_watts,
+            self.caps_limit_watts,
+            self.planned_draw_watts,
             self.observed_watts,
             self.served_fraction,
             self.utilization,
@@ -172,6 +196,22 @@ _TARGET_SERIES: tuple[tuple[str, str, Callable[[TargetStatus], float | None]], .
     ("projected_watts", "Planned power of the target in watts.", lambda t: t.projected_watts),
     ("observed_watts", "Power the target's GPUs draw (absent until measured).", lambda t: t.observed_watts),
     ("pods_annotated", "Pods of the target that carry the planned cap.", lambda t: t.pods_annotated),
+    (
+        "pods_enforced",
+        "Pods of the target whose agent reports their GPUs holding the planned cap.",
+        lambda t: t.pods_enforced,
+    ),
+    ("enforced_watts", "What the target's GPUs can hold at most now, in watts.", lambda t: t.enforced_watts),
+    (
+        "guard_engagements",
+        "Oversubscribed: times the agents' draw guard engaged on the target's pods.",
+        lambda t: t.guard_engagements,
+    ),
+    (
+        "gpu_share_watts",
+        "Oversubscribed: the draw guard's share per GPU, in watts.",
+        lambda t: t.gpu_share_watts,
+    ),
 )
 
 

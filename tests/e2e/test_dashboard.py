@@ -185,6 +185,8 @@ def budget(namespace: str, prometheus_url: str) -> dict[str, Any]:
         "spec": {
             "totalWatts": 2000,
             "safeDefaultWatts": 250,
+            # Oversubscribed, so the agents guard the draw and the guard's panels have series.
+            "oversubscription": {"maxRatio": 1.2},
             # Observed power from the same Prometheus (the DCGM series the simulator reports).
             "prometheus": {"url": prometheus_url, "intervalSeconds": 1, "timeoutSeconds": 2},
             "targets": [

@@ -74,3 +74,24 @@ def test_per_target_series_follow_the_status_and_leave_with_the_target_or_the_bu
     assert not [k for k in series(metrics) if ("target", "prefill") in k[1]]
     metrics.forget("ns", "llm")
     assert not [k for k in series(metrics) if ("budget", "llm") in k[1]]
+
+
+def test_budget_series_carry_both_accountings_and_what_the_gpus_hold() -> None:
+    metrics = OperatorMetrics()
+    oversubscribed = status(target("decode")).model_copy(
+        update={
+            "caps_watts": 2300.0,
+            "caps_limit_watts": 2400.0,
+            "planned_draw_watts": 1950.0,
+            "enforced_watts": 2100.0,
+        }
+    )
+    metrics.record_status("ns", "llm", oversubscribed)
+    found = series(metrics)
+    budget = {"namespace": "ns", "budget": "llm"}
+    assert found[key("gpupower_operator_caps_watts", **budget)] == 2300
+    assert found[key("gpupower_operator_caps_limit_watts", **budget)] == 2400
+    assert found[key("gpupower_operator_planned_draw_watts", **budget)] == 1950
+    assert found[key("gpupower_operator_enforced_watts", **budget)] == 2100
+    metrics.record_status("ns", "llm", status(target("decode")))
+    assert key("gpupower_operator_enforced_watts", **budget) not in series(metrics), "absent with the field"
