@@ -26,6 +26,7 @@ SHORT_NAME = "gpb"
 MAX_TARGETS = 16
 MAX_PROFILE_POINTS = 64
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
@@ -315,10 +316,41 @@ class Target(ApiModel):
         return CapRange(min=max(1, round(low)), max=max(1, round(high)))
 
 
+class DomainRef(ApiModel):
+    """The GpuPowerDomain a budget draws its watts from."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the domain.")
+
+
 class BudgetSpec(ApiModel):
     """Desired state: the power budget and the roles it covers."""
 
-    total_watts: int = Field(gt=0, description="Power budget in watts for all GPUs of all targets.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.totalWatts) || has(self.domainRef)",
+                    "totalWatts is required unless the budget joins a domain (domainRef)",
+                    ".totalWatts",
+                )
+            ]
+        }
+    )
+
+    total_watts: int | None = Field(
+        default=None,
+        gt=0,
+        description="Power budget in watts for all GPUs of all targets; in a domain, a bound on its share.",
+    )
+    domain_ref: DomainRef | None = Field(
+        default=None, description="The GpuPowerDomain whose limit the budget shares with others."
+    )
+    priority: int = Field(
+        default=0,
+        ge=-(2**31),
+        le=2**31 - 1,
+        description="Order in which a domain allocates its budgets: higher first.",
+    )
     mode: Mode = Field(
         default=Mode.ENFORCE, description="Enforce: annotate pods and scale; Advisory: status only."
     )
@@ -331,6 +363,12 @@ class BudgetSpec(ApiModel):
     prometheus: PrometheusSpec | None = Field(
         default=None, description="Prometheus for demand, latency and observed GPU power."
     )
+
+    @model_validator(mode="after")
+    def _budget_or_domain(self) -> Self:
+        if self.total_watts is None and self.domain_ref is None:
+            raise ValueError("totalWatts is required unless the budget joins a domain (domainRef)")
+        return self
 
     @field_validator("targets")
     @classmethod
@@ -422,6 +460,26 @@ class TargetStatus(ApiModel):
     )
 
 
+class BudgetDomainStatus(ApiModel):
+    """The budget's share of its domain: what the allocation gave it and why."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    name: str = Field(description="The domain the budget draws from (spec.domainRef.name).")
+    priority: int = Field(description="The budget's priority in the allocation (spec.priority).")
+    allocated_watts: float | None = Field(
+        default=None, description="Watts the domain allocates the budget: exactly what its plan needs."
+    )
+    limited_by: str | None = Field(
+        default=None,
+        description="Why: DemandServed, MaxReplicas, OwnLimit, DomainLimit, HigherPriority, InfeasibleFloor.",
+    )
+    bound_by: str | None = Field(
+        default=None, description="The domain on the budget's chain whose limit bound its allocation."
+    )
+    message: str | None = Field(default=None, description="One line saying why, for people.")
+
+
 class BudgetStatus(ApiModel):
     """Observed state: the plan, its totals and the conditions."""
 
@@ -442,6 +500,7 @@ class BudgetStatus(ApiModel):
     replicas: str | None = Field(default=None, description="Planned/desired replicas over all targets.")
     reason: str | None = Field(default=None, description="One line saying why the plan is what it is.")
     targets: list[TargetStatus] = Field(default_factory=list, description="The plan per target.")
+    domain: BudgetDomainStatus | None = Field(default=None, description="The budget's share of its domain.")
 
     def target(self, name: str) -> TargetStatus | None:
         return next((t for t in self.targets if t.name == name), None)

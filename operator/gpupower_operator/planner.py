@@ -122,15 +122,24 @@ def problem_from_spec(
     cap_ranges: Mapping[str, tuple[int, int]] | None = None,
     corrections: Mapping[str, tuple[float, float]] | None = None,
     strategy: Strategy | None = None,
+    total_watts: float | None = None,
 ) -> Problem:
     """Build a :class:`Problem` from a validated spec.
 
     ``demand`` overrides a target's static demand (live demand from Prometheus);
     ``cap_ranges`` replaces a target's cap range (the effective range after the
-    nodes' GPU limits); ``corrections`` gives (power_factor, throughput_factor).
-    Raises :class:`ValueError` naming the field when an override makes the
-    problem invalid (for example an empty cap range).
+    nodes' GPU limits); ``corrections`` gives (power_factor, throughput_factor);
+    ``total_watts`` replaces ``spec.totalWatts`` (what a budget's domain allocates
+    it). Raises :class:`ValueError` naming the field when an override makes the
+    problem invalid (for example an empty cap range), or when there is no budget
+    at all: a budget of a domain without ``totalWatts`` and no allocation given.
     """
+    budget_watts = total_watts if total_watts is not None else spec.total_watts
+    if budget_watts is None:
+        raise ValueError(
+            "spec.totalWatts: not set, and no allocation from the budget's domain "
+            f"{spec.domain_ref.name if spec.domain_ref else '(none)'} was given to plan within"
+        )
     demand = demand or {}
     cap_ranges = cap_ranges or {}
     corrections = corrections or {}
@@ -162,7 +171,7 @@ def problem_from_spec(
             )
         )
     problem = Problem(
-        total_watts=spec.total_watts,
+        total_watts=budget_watts,
         targets=tuple(targets),
         cap_step_watts=spec.cap_step_watts,
         strategy=strategy if strategy is not None else spec.strategy,

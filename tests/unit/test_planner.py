@@ -281,6 +281,21 @@ def test_problem_from_spec_rejects_bad_overrides_naming_the_field(
         problem_from_spec(parse_spec(SPEC), **overrides)  # type: ignore[arg-type]
 
 
+def test_problem_from_spec_plans_within_an_explicit_budget() -> None:
+    problem = problem_from_spec(parse_spec(SPEC), total_watts=4200.5)
+    assert problem.total_watts == 4200.5
+
+
+def test_a_domain_budget_without_total_watts_needs_its_allocation_and_says_so() -> None:
+    spec = parse_spec(
+        {**{k: v for k, v in SPEC.items() if k != "totalWatts"}, "domainRef": {"name": "rack-a12"}}
+    )
+    assert spec.total_watts is None
+    with pytest.raises(ValueError, match=r"^spec\.totalWatts: not set, .*domain rack-a12"):
+        problem_from_spec(spec)
+    assert problem_from_spec(spec, total_watts=3000).total_watts == 3000
+
+
 # ---------------------------------------------------------------------------
 # Fail closed
 
