@@ -759,6 +759,89 @@ def optimize(problem: Problem) -> Plan:
 
 
 # ---------------------------------------------------------------------------
+# The served curve: the least power for each served fraction
+
+
+@dataclass(frozen=True)
+class Level:
+    """One step of a problem's served curve: each target's cheapest pair for a served fraction.
+
+    ``milliwatts`` is what the pairs need together and ``served_fraction`` what
+    they serve (the least served target's). Optimize given exactly
+    ``milliwatts`` plans these pairs, unless pairs of the same power serve more
+    (then the next level costs no more than this one).
+    """
+
+    milliwatts: int
+    served_fraction: float
+    gpus: int
+    picks: tuple[_Pick, ...]
+
+    @property
+    def choices(self) -> tuple[tuple[int, int], ...]:
+        """(replicas, per-GPU cap in watts) per target."""
+        return tuple((p.replicas, p.cap_watts) for p in self.picks)
+
+
+class ServedCurve:
+    """The least power that serves each fraction of a problem's demand, counted as Optimize counts it.
+
+    Optimize's search, opened up for a caller that shares one limit among many
+    problems (the domain allocation): ``serving(s)`` is the cheapest level that
+    serves at least ``s``, ``within(mw)`` the level Optimize plans within
+    ``mw`` milliwatts. ``problem.total_watts`` is not read.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        validate_problem(problem)
+        self.problem = problem
+        self._targets = problem.targets
+        self._tables = tuple(_cap_table(t, problem.cap_step_watts) for t in problem.targets)
+        self.floor = self._level(
+            tuple(_floor_pick(t, table) for t, table in zip(self._targets, self._tables, strict=True))
+        )
+        # Nothing serves more than every target at max replicas and its best cap.
+        self.reach = min(
+            served_fraction(t.max_replicas * table.rates[-1], t.demand)
+            for t, table in zip(self._targets, self._tables, strict=True)
+        )
+
+    def _level(self, picks: tuple[_Pick, ...]) -> Level:
+        return Level(
+            milliwatts=sum(p.milliwatts for p in picks),
+            served_fraction=min(p.served for p in picks),
+            gpus=sum(p.replicas * t.gpus_per_replica for p, t in zip(picks, self._targets, strict=True)),
+            picks=picks,
+        )
+
+    def serving(self, fraction: float, start: Level | None = None) -> Level | None:
+        """The cheapest level serving at least ``fraction``; None when no plan reaches it.
+
+        ``start``, a level of this curve, saves work: its pairs that already
+        serve the fraction are the cheapest for it and stay.
+        """
+        start = start or self.floor
+        if fraction <= start.served_fraction:
+            return start
+        if fraction > self.reach:
+            return None
+        raised = _raised(self._targets, self._tables, start.picks, fraction)
+        return None if raised is None else self._level(tuple(raised))
+
+    def within(self, milliwatts: int) -> Level:
+        """The level Optimize plans within ``milliwatts``: the floor when even the floor needs more."""
+        if self.floor.milliwatts > milliwatts:
+            return self.floor
+        return self._level(tuple(_best_picks(self._targets, self._tables, milliwatts)))
+
+
+def least_milliwatts(problem: Problem, fraction: float) -> int | None:
+    """The least power (integer milliwatts) in which Optimize serves at least ``fraction`` of demand."""
+    level = ServedCurve(problem).serving(fraction)
+    return None if level is None else level.milliwatts
+
+
+# ---------------------------------------------------------------------------
 # Proportional (the classic algorithm)
 
 
@@ -916,9 +999,11 @@ def brute_force(problem: Problem) -> Plan:
 
 
 __all__ = [
+    "Level",
     "Plan",
     "Problem",
     "ProfilePoint",
+    "ServedCurve",
     "TargetPlan",
     "TargetProblem",
     "brute_force",
@@ -928,6 +1013,7 @@ __all__ = [
     "desired_replicas",
     "fits_budget",
     "floor_watts",
+    "least_milliwatts",
     "optimize",
     "plan",
     "problem_from_spec",
