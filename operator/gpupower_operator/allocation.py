@@ -478,7 +478,8 @@ def _milliwatts_up(watts: float, field: str) -> int:
 
 
 def _watts_text(milliwatts: int) -> str:
-    return f"{milliwatts / 1000:,.0f}"
+    watts = milliwatts / 1000
+    return f"{watts:,.0f}" if abs(watts) >= 10 or watts.is_integer() else f"{watts:,.1f}"
 
 
 def _percent_text(fraction: float) -> str:
@@ -680,13 +681,56 @@ def _budget_result(
     )
 
 
-def planned_problem(budget: BudgetInput, allocation: BudgetAllocation) -> Problem:
-    """The budget's problem with its allocation as the budget: what the shell plans it with.
+def static_split(domains: Sequence[DomainInput], budgets: Sequence[BudgetInput]) -> dict[str, int]:
+    """The classic multi-deployment sizing, kept for comparison: milliwatts per budget (by key).
+
+    Each domain's room (its limit less what is committed outside budgets) is
+    split among the budgets under it by their GPUs at maxReplicas; a budget gets
+    the least share any domain on its chain gives it, and no more than its own
+    ``totalWatts``. Blind to priority and demand, never over a limit.
+    """
+    problems = tree_problems(domains)
+    if problems:
+        raise DomainTreeError(problems[0])
+    by_name = {d.name: d for d in domains}
+
+    def chain(name: str) -> list[str]:
+        names = [name]
+        while (parent := by_name[names[-1]].parent) is not None:
+            names.append(parent)
+        return names
+
+    room = {d.name: budget_milliwatts(d.limit_watts) for d in domains}
+    for d in domains:
+        outside = sum(
+            _milliwatts_up(w, f"domain {d.name}")
+            for w in (d.idle_watts, d.unmanaged_watts, d.other_domains_watts)
+        )
+        for name in chain(d.name):
+            room[name] -= outside
+    gpus = {b.key: sum(t.max_replicas * t.gpus_per_replica for t in b.problem.targets) for b in budgets}
+    under = dict.fromkeys(room, 0)
+    for b in budgets:
+        if b.domain not in by_name:
+            raise ValueError(f"budget {b.key}: domain {b.domain} does not exist")
+        for name in chain(b.domain):
+            under[name] += gpus[b.key]
+    shares = {}
+    for b in budgets:
+        share = min(max(0, room[n]) * gpus[b.key] // under[n] if under[n] else 0 for n in chain(b.domain))
+        if b.limit_watts is not None:
+            share = min(share, budget_milliwatts(b.limit_watts))
+        shares[b.key] = share
+    return shares
+
+
+def planned_problem(budget: BudgetInput, milliwatts: int) -> Problem:
+    """The budget's problem planned within ``milliwatts`` (its allocation): what the shell plans it with.
 
     A zero allocation (a floor of no replicas) is planned within one milliwatt,
     which buys nothing more: the planner wants a budget above zero.
     """
-    return replace(budget.problem, total_watts=max(allocation.milliwatts, 1) / 1000)
+    return replace(budget.problem, total_watts=max(milliwatts, 1) / 1000)
 
 
 __all__ = [
@@ -700,5 +744,6 @@ __all__ = [
     "TreeProblem",
     "allocate",
     "planned_problem",
+    "static_split",
     "tree_problems",
 ]

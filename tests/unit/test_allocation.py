@@ -13,6 +13,7 @@ from gpupower_operator.allocation import (
     Limit,
     allocate,
     planned_problem,
+    static_split,
     tree_problems,
 )
 from gpupower_operator.planner import Problem, ProfilePoint, TargetProblem, optimize
@@ -53,7 +54,7 @@ def test_a_domain_with_one_budget_gives_it_what_todays_plan_would_use() -> None:
         assert share.served_fraction == today.served_fraction
         assert list(share.choices) == [(t.replicas, t.cap_watts) for t in today.targets]
         # Planning the budget with its allocation gives that plan back.
-        again = optimize(planned_problem(budget("llama", "rack", problem), share))
+        again = optimize(planned_problem(budget("llama", "rack", problem), share.milliwatts))
         assert (again.targets, again.watts, again.served_fraction) == (
             today.targets,
             today.watts,
@@ -294,3 +295,22 @@ def test_bad_input_raises_naming_the_budget_or_domain(
 ) -> None:
     with pytest.raises(ValueError, match=words):
         allocate(domains, budgets)
+
+
+def test_the_static_split_shares_each_domain_by_gpus_and_takes_the_least_share_up_the_chain() -> None:
+    domains = [
+        DomainInput("row", 9000),
+        DomainInput("a12", 8000, "row", idle_watts=2000),
+        DomainInput("a13", 8000, "row"),
+    ]
+    budgets = [
+        budget("four", "a12", model(demand=10.0, max_replicas=4)),  # 4 GPUs
+        budget("twelve", "a12", model(demand=10.0, max_replicas=6, gpus=2)),  # 12 GPUs
+        budget("eight", "a13", model(demand=10.0, max_replicas=8), limit_watts=1000.0),  # 8 GPUs
+    ]
+    shares = static_split(domains, budgets)
+    # The row has 7,000 W left for 24 GPUs; rack a12 has 6,000 W for 16.
+    assert shares["inference/four"] == min(6_000_000 * 4 // 16, 7_000_000 * 4 // 24)
+    assert shares["inference/twelve"] == min(6_000_000 * 12 // 16, 7_000_000 * 12 // 24) == 3_500_000
+    assert shares["inference/eight"] == 1_000_000  # its own totalWatts
+    assert sum(shares.values()) <= 7_000_000
