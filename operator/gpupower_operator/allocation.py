@@ -47,9 +47,10 @@ that happens to satisfy it is the optimum with it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Protocol
 
 from gpupower_operator.planner import Level, Problem, ServedCurve, budget_milliwatts
 
@@ -228,6 +229,17 @@ def tree_problems(domains: Sequence[DomainInput]) -> tuple[TreeProblem, ...]:
     return tuple(problems[name] for name in dict.fromkeys(names) if name in problems)
 
 
+class Curve(Protocol):
+    """What the allocation asks of a budget's served curve (the planner's :class:`ServedCurve`)."""
+
+    floor: Level
+    reach: float
+
+    def serving(self, fraction: float, start: Level | None = None) -> Level | None: ...
+
+    def within(self, milliwatts: int) -> Level: ...
+
+
 # ---------------------------------------------------------------------------
 # Working state
 
@@ -237,7 +249,7 @@ class _Budget:
 
     __slots__ = ("bound_by", "chain", "checked", "curve", "floor", "input", "level", "step", "top")
 
-    def __init__(self, budget: BudgetInput, curve: ServedCurve, chain: tuple[int, ...]) -> None:
+    def __init__(self, budget: BudgetInput, curve: Curve, chain: tuple[int, ...]) -> None:
         self.input = budget
         self.curve = curve
         self.chain = chain  # its domain and every domain above it, nearest first
@@ -330,8 +342,12 @@ def _crossing(ramps: Sequence[tuple[float, float, int]], load: float) -> float:
     return math.inf
 
 
-def _rise(rising: Sequence[_Budget], slack: list[int]) -> float:
+def _rise(rising: Sequence[_Budget], slack: list[int]) -> tuple[float, bool]:
     """Move every rising budget to the highest common served fraction that fits; return that fraction.
+
+    Or stop short, when stepping the rest of the way is likely cheaper than
+    searching it (about as few steps left as budgets between ``low`` and
+    ``high``): then the fraction returned is ``low`` and the flag says so.
 
     ``low`` is a fraction known to fit (what the budgets serve now), ``high`` one
     known not to. A probe between them that fits is committed and raises
@@ -349,7 +365,7 @@ def _rise(rising: Sequence[_Budget], slack: list[int]) -> float:
     if not excess:
         for budget, level in moves:
             _move(budget, level, slack)
-        return high
+        return high, False
     # The lowest known point of each budget's curve above where it stands: (fraction, milliwatts).
     upper = {id(b): (b.top.served_fraction, b.top.milliwatts) for b in rising}
     confirm = True  # first, whether anything can rise at all
@@ -358,18 +374,22 @@ def _rise(rising: Sequence[_Budget], slack: list[int]) -> float:
     while True:
         after = math.nextafter(low, math.inf)
         if after >= high:
-            return low
+            return low, False
         if confirm:
             probe = after
         else:
             # Each budget's power: its next step, exactly, then linear up to the point known above it.
             ramps: dict[int, list[tuple[float, float, int]]] = {d: [] for d in excess}
+            crossing = steps_left = 0.0
             for budget in rising:
                 level = budget.level
                 if level.served_fraction < budget.top.served_fraction and any(
                     d in ramps for d in budget.checked
                 ):
                     step = budget.next_step()
+                    crossing += 1
+                    gap = min(high, budget.top.served_fraction) - level.served_fraction
+                    steps_left += gap / max(step.served_fraction - level.served_fraction, gap / 1e6)
                     end, milliwatts = upper[id(budget)]
                     pieces = [
                         (level.served_fraction, level.served_fraction, step.milliwatts - level.milliwatts)
@@ -379,6 +399,8 @@ def _rise(rising: Sequence[_Budget], slack: list[int]) -> float:
                     for d in budget.checked:
                         if d in ramps:
                             ramps[d].extend(pieces)
+            if steps_left <= 2 * crossing:
+                return low, True
             probe = min(_crossing(ramps[d], slack[d] * pull) for d in excess if ramps[d])
             if not after <= probe < high:
                 probe = after if probe < after else math.nextafter(high, -math.inf)
@@ -414,12 +436,29 @@ def _step_order(budget: _Budget, step: Level) -> tuple[int, int, str, str]:
     )
 
 
+_CLEAR_ROUNDS_BEFORE_SEARCH = 3
+
+
 def _rounds(members: Sequence[_Budget], slack: list[int]) -> None:
-    """The greedy of the module docstring over ``members``, each constrained by its ``checked`` domains."""
+    """The greedy of the module docstring over ``members``, each constrained by its ``checked`` domains.
+
+    A round steps the least served budgets one by one. Before it, a search moves
+    everyone up at once, except after a step failed: then a limit is nearly
+    full, few steps can still fit, and stepping is cheaper than searching, until
+    a few rounds in a row have stepped without a failure.
+    """
     rising = [b for b in members if b.level.served_fraction < b.top.served_fraction]
+    clear_rounds = _CLEAR_ROUNDS_BEFORE_SEARCH  # rounds since a step failed
     while rising:
-        fraction = _rise(rising, slack)
-        rising = [b for b in rising if b.level.served_fraction < b.top.served_fraction]
+        if clear_rounds >= _CLEAR_ROUNDS_BEFORE_SEARCH:
+            fraction, short = _rise(rising, slack)
+            if short:
+                clear_rounds = -len(rising)  # step on: the search found few steps left
+            rising = [b for b in rising if b.level.served_fraction < b.top.served_fraction]
+            if not rising:
+                break
+        else:
+            fraction = min(b.level.served_fraction for b in rising)
         steps: list[tuple[_Budget, Level]] = []
         for budget in rising:
             if budget.level.served_fraction == fraction:
@@ -437,6 +476,7 @@ def _rounds(members: Sequence[_Budget], slack: list[int]) -> None:
         rising = [
             b for b in rising if id(b) not in stopped and b.level.served_fraction < b.top.served_fraction
         ]
+        clear_rounds = 0 if stopped else clear_rounds + 1
 
 
 def _fill(
@@ -446,7 +486,12 @@ def _fill(
 
     Each child's subtree is allocated on its own first, and the budgets that join
     ``domain`` directly take their tops; if that fits ``domain``, it is the
-    answer. Otherwise the whole subtree is allocated again, together.
+    answer. Otherwise the subtree is allocated again, together, and the first
+    part of that is already known: until ``domain`` first stops a step, the
+    greedy does in each subtree what it did there alone. So one search, with
+    every budget capped at its result alone and only ``domain`` to check, finds
+    where ``domain`` binds; the budgets stopped below that stay as they were, and
+    the greedy goes on from there with every limit.
     """
     mine = by_domain.get(domain, [])
     subtree = list(mine)
@@ -458,11 +503,21 @@ def _fill(
         _move(budget, budget.top, slack)
     if slack[domain] >= 0:
         return subtree
-    for budget in subtree:
+    alone = [(budget, budget.level, budget.top, budget.bound_by) for budget in subtree]
+    for budget, result, _, _ in alone:
         _move(budget, budget.floor, slack)
-        budget.bound_by = None
-        budget.checked = budget.chain[: budget.chain.index(domain) + 1]
-    _rounds(subtree, slack)
+        budget.top, budget.checked = result, (domain,)
+    rising = [b for b in subtree if b.level.served_fraction < b.top.served_fraction]
+    binds = _rise(rising, slack)[0] if rising else math.inf  # (floors fit: some budget can rise)
+    going_on = []
+    for budget, result, top, bound in alone:
+        budget.top, budget.checked = top, budget.chain[: budget.chain.index(domain) + 1]
+        if budget.level.served_fraction == result.served_fraction < binds:
+            budget.bound_by = bound  # stopped (or at its top) before ``domain`` bound: as it was alone
+        else:
+            budget.bound_by = None
+            going_on.append(budget)
+    _rounds(going_on, slack)
     return subtree
 
 
@@ -487,12 +542,18 @@ def _percent_text(fraction: float) -> str:
     return f"{math.floor(fraction * 100 + 1e-9) if fraction < 1 else 100}%"
 
 
-def allocate(domains: Sequence[DomainInput], budgets: Sequence[BudgetInput]) -> Allocation:
+def allocate(
+    domains: Sequence[DomainInput],
+    budgets: Sequence[BudgetInput],
+    curve: Callable[[Problem], Curve] = ServedCurve,
+) -> Allocation:
     """Allocate every tree of ``domains`` among ``budgets`` (see the module docstring).
 
     Raises :class:`DomainTreeError` when the domains do not form a forest (the
     shell leaves out what :func:`tree_problems` names first), and
     :class:`ValueError` naming the budget or domain for any other bad input.
+    ``curve`` makes each budget's served curve: the planner's, unless a
+    benchmark measures another way of answering the same questions.
     """
     problems = tree_problems(domains)
     if problems:
@@ -545,10 +606,10 @@ def allocate(domains: Sequence[DomainInput], budgets: Sequence[BudgetInput]) -> 
                 f"budget {budget.key}: limit_watts must be a finite number > 0, got {budget.limit_watts}"
             )
         try:
-            curve = ServedCurve(replace(budget.problem, total_watts=1.0))
+            served = curve(replace(budget.problem, total_watts=1.0))
         except ValueError as error:
             raise ValueError(f"budget {budget.key}: {error}") from None
-        working.append(_Budget(budget, curve, chains[index[budget.domain]]))
+        working.append(_Budget(budget, served, chains[index[budget.domain]]))
 
     floors = [0] * len(domains)
     for b in working:
@@ -737,6 +798,7 @@ __all__ = [
     "Allocation",
     "BudgetAllocation",
     "BudgetInput",
+    "Curve",
     "DomainAllocation",
     "DomainInput",
     "DomainTreeError",
