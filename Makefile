@@ -99,6 +99,8 @@ images:
 bench: install envtest
 	$(PY) bench/plan_quality.py
 	$(PY) bench/plan_speed.py
+	$(PY) bench/allocation_quality.py
+	$(PY) bench/allocation_speed.py
 	$(PY) bench/agent_reconcile.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_rss.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_latency.py
