@@ -11,19 +11,19 @@ from them (``make crds``) and so is the README's reference (``make docs``).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from gpupower_api.models import (
-    API_VERSION,
     DNS_SUBDOMAIN,
     ApiModel,
+    ApiObject,
     Condition,
-    InvalidSpecError,
     cel,
     describe_validation_error,
+    parse_object,
 )
 from gpupower_api.selectors import Selector, selector_from_label_selector
 
@@ -249,14 +249,10 @@ class DomainStatus(StatusModel):
 SELF_PARENT = "spec.parent must name another domain: a domain cannot contain itself"
 
 
-class GpuPowerDomain(ApiModel):
+class GpuPowerDomain(ApiObject):
     """A whole GpuPowerDomain object as read from the API or a file."""
 
     model_config = ConfigDict(
-        extra="ignore",
-        frozen=True,
-        alias_generator=to_camel,
-        populate_by_name=True,
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
@@ -267,36 +263,16 @@ class GpuPowerDomain(ApiModel):
             ]
         },
     )
+    KIND: ClassVar[str] = KIND
 
-    api_version: str
-    kind: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: DomainSpec
     status: DomainStatus | None = None
-
-    @field_validator("api_version")
-    @classmethod
-    def _api_version(cls, value: str) -> str:
-        if value != API_VERSION:
-            raise ValueError(f"must be {API_VERSION!r}, got {value!r}")
-        return value
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, value: str) -> str:
-        if value != KIND:
-            raise ValueError(f"must be {KIND!r}, got {value!r}")
-        return value
 
     @model_validator(mode="after")
     def _not_its_own_parent(self) -> Self:
         if self.spec.parent is not None and self.spec.parent == self.name:
             raise ValueError(SELF_PARENT)
         return self
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata.get("name", ""))
 
     @property
     def generation(self) -> int:
@@ -312,10 +288,5 @@ def parse_domain_spec(raw: dict[str, Any], prefix: str = "spec") -> DomainSpec:
 
 
 def parse_domain(raw: dict[str, Any]) -> GpuPowerDomain:
-    """Validate a whole object (apiVersion, kind, spec); raise :class:`InvalidSpecError` on failure."""
-    if not isinstance(raw, dict):
-        raise InvalidSpecError("object", f"expected a mapping, got {type(raw).__name__}")
-    try:
-        return GpuPowerDomain.model_validate(raw)
-    except ValidationError as error:
-        raise describe_validation_error(error) from None
+    """Validate a whole GpuPowerDomain; raise :class:`InvalidSpecError` naming the field on failure."""
+    return parse_object(GpuPowerDomain, raw)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from itertools import pairwise
-from typing import Any, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -509,16 +509,15 @@ class BudgetStatus(ApiModel):
         return next((c for c in self.conditions if c.type == type_), None)
 
 
-class GpuPowerBudget(ApiModel):
-    """A whole GpuPowerBudget object as read from the API or a file."""
+class ApiObject(ApiModel):
+    """A whole object of one of our kinds (apiVersion, kind, metadata) as read from the API or a file."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+    KIND: ClassVar[str]
 
     api_version: str
     kind: str
     metadata: dict[str, Any] = Field(default_factory=dict)
-    spec: BudgetSpec
-    status: BudgetStatus | None = None
 
     @field_validator("api_version")
     @classmethod
@@ -530,13 +529,22 @@ class GpuPowerBudget(ApiModel):
     @field_validator("kind")
     @classmethod
     def _kind(cls, value: str) -> str:
-        if value != KIND:
-            raise ValueError(f"must be {KIND!r}, got {value!r}")
+        if value != cls.KIND:
+            raise ValueError(f"must be {cls.KIND!r}, got {value!r}")
         return value
 
     @property
     def name(self) -> str:
         return str(self.metadata.get("name", ""))
+
+
+class GpuPowerBudget(ApiObject):
+    """A whole GpuPowerBudget object as read from the API or a file."""
+
+    KIND: ClassVar[str] = KIND
+
+    spec: BudgetSpec
+    status: BudgetStatus | None = None
 
     @property
     def namespace(self) -> str:
@@ -562,6 +570,9 @@ def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
+Object = TypeVar("Object", bound=ApiObject)
+
+
 def describe_validation_error(error: ValidationError, prefix: str = "") -> InvalidSpecError:
     """Turn a pydantic error into one naming the offending field, e.g. ``spec.targets[0].capWatts``."""
     errors: list[tuple[str, str]] = []
@@ -581,11 +592,16 @@ def parse_spec(raw: dict[str, Any], prefix: str = "spec") -> BudgetSpec:
         raise describe_validation_error(error, prefix) from None
 
 
-def parse_budget(raw: dict[str, Any]) -> GpuPowerBudget:
+def parse_object(model: type[Object], raw: dict[str, Any]) -> Object:
     """Validate a whole object (apiVersion, kind, spec); raise :class:`InvalidSpecError` on failure."""
     if not isinstance(raw, dict):
         raise InvalidSpecError("object", f"expected a mapping, got {type(raw).__name__}")
     try:
-        return GpuPowerBudget.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         raise describe_validation_error(error) from None
+
+
+def parse_budget(raw: dict[str, Any]) -> GpuPowerBudget:
+    """Validate a whole GpuPowerBudget; raise :class:`InvalidSpecError` naming the field on failure."""
+    return parse_object(GpuPowerBudget, raw)
