@@ -21,42 +21,19 @@ up what higher ones take: their served demand is lower by design, and said.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import statistics
 import sys
 
 from domain_trees import ROOT, Tree, tree
 
-sys.path[:0] = [str(ROOT / "api"), str(ROOT / "operator")]
+sys.path[:0] = [str(ROOT / "api"), str(ROOT / "operator"), str(ROOT)]
 
-from gpupower_operator.allocation import BudgetInput, allocate, planned_problem, static_split  # noqa: E402
-from gpupower_operator.planner import ServedCurve, budget_milliwatts, optimize  # noqa: E402
+from gpupower_operator.allocation import allocate, planned_problem, static_split  # noqa: E402
+from gpupower_operator.planner import optimize  # noqa: E402
+from tests.allocation_reference import by_tier  # noqa: E402
 
 TIERS = (100, 50, 0)
-Order = tuple[float, float, float, str, str]
-
-
-def order_key(budget: BudgetInput, milliwatts: int) -> Order:
-    """Where a budget planned within ``milliwatts`` stands in the allocation's order (see the module doc)."""
-    curve = ServedCurve(budget.problem)
-    level = curve.within(milliwatts)
-    step = curve.serving(math.nextafter(level.served_fraction, 2), level)
-    if step is None or (
-        budget.limit_watts is not None and step.milliwatts > budget_milliwatts(budget.limit_watts)
-    ):
-        return (level.served_fraction, math.inf, math.inf, budget.namespace, budget.name)
-    return (
-        level.served_fraction,
-        step.milliwatts - level.milliwatts,
-        step.gpus - level.gpus,
-        budget.namespace,
-        budget.name,
-    )
-
-
-def by_tier(budgets: list[BudgetInput], milliwatts: dict[str, int]) -> list[list[Order]]:
-    return [sorted(order_key(b, milliwatts[b.key]) for b in budgets if b.priority == tier) for tier in TIERS]
 
 
 def percent(fraction: float) -> str:

@@ -84,22 +84,41 @@ def _outside_milliwatts(domain: DomainInput) -> int:
     )
 
 
-def reference_allocation(domains: list[DomainInput], budgets: list[BudgetInput]) -> dict[str, Step]:
-    """Each budget's level in the best combination (by key ``namespace/name``)."""
+Order = tuple[float, float, float, str, str]
+
+
+def ordered(budget: BudgetInput, here: Step | Level, after: Step | Level | None) -> Order:
+    """The rule's order of a budget standing at ``here`` with ``after`` its next step (None at its top):
+    served fraction, then the step's watts and GPUs, then namespace and name."""
+    if after is None:
+        return (here.served_fraction, math.inf, math.inf, budget.namespace, budget.name)
+    step = (after.milliwatts - here.milliwatts, after.gpus - here.gpus)
+    return (here.served_fraction, *step, budget.namespace, budget.name)
+
+
+def chain_of(domains: list[DomainInput], name: str) -> list[str]:
+    """A domain and every domain above it, nearest first."""
     parent = {d.name: d.parent for d in domains}
+    names = [name]
+    while (up := parent[names[-1]]) is not None:
+        names.append(up)
+    return names
 
-    def chain(name: str) -> list[str]:
-        names = [name]
-        while parent[names[-1]] is not None:
-            names.append(str(parent[names[-1]]))
-        return names
 
-    chains = {b.key: chain(b.domain) for b in budgets}
-    staircases = {b.key: levels(b.problem, b.limit_watts) for b in budgets}
+def room_of(domains: list[DomainInput]) -> dict[str, int]:
+    """Each domain's limit in milliwatts less what is committed outside budgets under it."""
     room = {d.name: budget_milliwatts(d.limit_watts) for d in domains}
     for d in domains:
-        for name in chain(d.name):
+        for name in chain_of(domains, d.name):
             room[name] -= _outside_milliwatts(d)
+    return room
+
+
+def reference_allocation(domains: list[DomainInput], budgets: list[BudgetInput]) -> dict[str, Step]:
+    """Each budget's level in the best combination (by key ``namespace/name``)."""
+    chains = {b.key: chain_of(domains, b.domain) for b in budgets}
+    staircases = {b.key: levels(b.problem, b.limit_watts) for b in budgets}
+    room = room_of(domains)
     floors = {d.name: 0 for d in domains}
     for b in budgets:
         for name in chains[b.key]:
@@ -111,21 +130,11 @@ def reference_allocation(domains: list[DomainInput], budgets: list[BudgetInput])
     }
     priorities = sorted({b.priority for b in budgets}, reverse=True)
 
-    def order(b: BudgetInput, index: int) -> tuple[float, float, float, str, str]:
+    def order(b: BudgetInput, index: int) -> Order:
         steps = options[b.key]
-        step = steps[index]
-        if index + 1 < len(steps):
-            after = steps[index + 1]
-            return (
-                step.served_fraction,
-                after.milliwatts - step.milliwatts,
-                after.gpus - step.gpus,
-                b.namespace,
-                b.name,
-            )
-        return (step.served_fraction, math.inf, math.inf, b.namespace, b.name)
+        return ordered(b, steps[index], steps[index + 1] if index + 1 < len(steps) else None)
 
-    best: tuple[list[list[tuple[float, float, float, str, str]]], dict[str, Step]] | None = None
+    best: tuple[list[list[Order]], dict[str, Step]] | None = None
     for combination in product(*(range(len(options[b.key])) for b in budgets)):
         load = {name: 0 for name in room}
         for b, index in zip(budgets, combination, strict=True):
@@ -152,18 +161,11 @@ def stepwise_allocation(domains: list[DomainInput], budgets: list[BudgetInput]) 
     dozen budgets of hundreds of steps each: a check of the allocation's
     shortcuts where the exhaustive reference cannot go.
     """
-    parent = {d.name: d.parent for d in domains}
 
     def chain(name: str) -> list[str]:
-        names = [name]
-        while parent[names[-1]] is not None:
-            names.append(str(parent[names[-1]]))
-        return names
+        return chain_of(domains, name)
 
-    room = {d.name: budget_milliwatts(d.limit_watts) for d in domains}
-    for d in domains:
-        for name in chain(d.name):
-            room[name] -= _outside_milliwatts(d)
+    room = room_of(domains)
     curves = {b.key: ServedCurve(b.problem) for b in budgets}
     level = {b.key: curves[b.key].floor for b in budgets}
     for b in budgets:
@@ -212,3 +214,25 @@ def stepwise_allocation(domains: list[DomainInput], budgets: list[BudgetInput]) 
             else:
                 rising.remove(least)
     return level
+
+
+def order_key(budget: BudgetInput, milliwatts: int) -> Order:
+    """Where a budget planned within ``milliwatts`` stands in the rule's order: its served fraction, then
+    its next step's watts and GPUs (none at its top), then its namespace and name."""
+    curve = ServedCurve(budget.problem)
+    level = curve.within(milliwatts)
+    step = curve.serving(math.nextafter(level.served_fraction, 2), level)
+    if step is not None and budget.limit_watts is not None:
+        step = step if step.milliwatts <= budget_milliwatts(budget.limit_watts) else None
+    return ordered(budget, level, step)
+
+
+def by_tier(budgets: list[BudgetInput], milliwatts: dict[str, int]) -> list[list[Order]]:
+    """Each priority tier's budgets in the rule's order, highest tier first, least served first."""
+    tiers = sorted({b.priority for b in budgets}, reverse=True)
+    return [sorted(order_key(b, milliwatts[b.key]) for b in budgets if b.priority == tier) for tier in tiers]
+
+
+def outside_milliwatts(domains: list[DomainInput], name: str) -> int:
+    """What is committed outside budgets on a domain's nodes and its descendants'."""
+    return sum(_outside_milliwatts(d) for d in domains if name in chain_of(domains, d.name))

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import lupa.lua54 as lupa
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-ARGOCD = REPO / "manifests" / "argocd"
+from tests.manifests.test_argocd_health import ARGOCD, REPO, condition, health
+
 HEALTH_LUA = (ARGOCD / "health-domain.lua").read_text()
 HEALTH_KEY = "resource.customizations.health.gpupower.dev_GpuPowerDomain"
 
 
-def health(obj: dict[str, Any], script: str = HEALTH_LUA) -> tuple[str, str]:
-    """Run the script as Argo CD does: ``obj`` is a global table, the script returns ``hs``."""
-    runtime = lupa.LuaRuntime(unpack_returned_tuples=False)
-    runtime.globals().obj = runtime.table_from(obj, recursive=True)
-    result = runtime.execute(script)
-    return str(result["status"]), str(result["message"])
-
-
-def domain(status: dict[str, Any] | None = None, generation: int = 4) -> dict[str, Any]:
+def domain(status: dict[str, Any] | None = None, generation: int = 2) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "apiVersion": "gpupower.dev/v1alpha1",
         "kind": "GpuPowerDomain",
@@ -35,17 +25,7 @@ def domain(status: dict[str, Any] | None = None, generation: int = 4) -> dict[st
     return obj
 
 
-def condition(type_: str, status: str, reason: str, message: str = "", generation: int = 4) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-    }
-
-
-def allocated(*conditions: dict[str, Any], observed_generation: int = 4) -> dict[str, Any]:
+def allocated(*conditions: dict[str, Any], observed_generation: int = 2) -> dict[str, Any]:
     return {
         "observedGeneration": observed_generation,
         "allocatedWatts": 7400,
@@ -66,8 +46,8 @@ CALM = [
     ("obj", "expected_status", "expected_words"),
     [
         (domain(), "Progressing", "Waiting for the gpupower operator to allocate"),
-        (domain({"observedGeneration": 4}), "Progressing", "Waiting"),
-        (domain(allocated(*CALM, observed_generation=3)), "Progressing", "generation 4"),
+        (domain({"observedGeneration": 2}), "Progressing", "Waiting"),
+        (domain(allocated(*CALM, observed_generation=1)), "Progressing", "generation 2"),
         (domain(allocated(*CALM)), "Healthy", "7,400 W allocated to 3 budget(s)"),
         (
             domain(
@@ -118,7 +98,7 @@ CALM = [
             "Degraded",
             "cycle",
         ),
-        (domain(allocated(condition("Ready", "True", "Allocated", generation=3))), "Progressing", ""),
+        (domain(allocated(condition("Ready", "True", "Allocated", generation=1))), "Progressing", ""),
     ],
     ids=[
         "no-status",
@@ -134,13 +114,13 @@ CALM = [
         "ready-for-old-generation",
     ],
 )
-def test_health_of_each_state(obj: dict[str, Any], expected_status: str, expected_words: str) -> None:
-    status, message = health(obj)
+def test_domain_health_of_each_state(obj: dict[str, Any], expected_status: str, expected_words: str) -> None:
+    status, message = health(obj, script=HEALTH_LUA)
     assert status == expected_status
     assert expected_words in message
 
 
-def test_argocd_cm_snippet_carries_the_same_script() -> None:
+def test_argocd_cm_snippet_carries_the_same_domain_script() -> None:
     document = yaml.safe_load((ARGOCD / "argocd-cm-health.yaml").read_text())
     assert document["kind"] == "ConfigMap" and document["metadata"]["name"] == "argocd-cm"
     assert document["data"][HEALTH_KEY] == HEALTH_LUA

@@ -19,13 +19,19 @@ from gpupower_operator.allocation import (
 from gpupower_operator.planner import (
     Problem,
     ProfilePoint,
-    ServedCurve,
     TargetProblem,
     budget_milliwatts,
     floor_watts,
     optimize,
 )
-from tests.allocation_reference import levels, reference_allocation, stepwise_allocation
+from tests.allocation_reference import (
+    by_tier,
+    chain_of,
+    levels,
+    outside_milliwatts,
+    reference_allocation,
+    stepwise_allocation,
+)
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -81,7 +87,7 @@ def trees(draw: st.DrawFn, max_budgets: int = 4) -> tuple[list[DomainInput], lis
     shape = [DomainInput(name, 1.0, parent) for name, parent in zip(names, parents, strict=True)]
     domains: list[DomainInput] = []
     for domain in shape:
-        under = [b for b in budgets if domain.name in chain(shape, b.domain)]
+        under = [b for b in budgets if domain.name in chain_of(shape, b.domain)]
         floor = sum(floor_watts(b.problem) for b in under)
         most = sum(levels(b.problem, b.limit_watts)[-1].milliwatts for b in under) / 1000  # every top
         outside = [draw(st.sampled_from([0.0, 0.0, 0.0, 25.0, 60.5])) for _ in range(3)]
@@ -98,24 +104,6 @@ def trees(draw: st.DrawFn, max_budgets: int = 4) -> tuple[list[DomainInput], lis
             )
         )
     return domains, budgets
-
-
-def chain(domains: list[DomainInput], name: str) -> list[str]:
-    parents = {d.name: d.parent for d in domains}
-    names = [name]
-    while (parent := parents[names[-1]]) is not None:
-        names.append(parent)
-    return names
-
-
-def outside_milliwatts(domains: list[DomainInput], name: str) -> int:
-    """What is committed outside budgets on the domain's nodes and its descendants'."""
-    return sum(
-        math.ceil(round(watts * 1000, 6))
-        for d in domains
-        if name in chain(domains, d.name)
-        for watts in (d.idle_watts, d.unmanaged_watts, d.other_domains_watts)
-    )
 
 
 @settings(
@@ -185,7 +173,7 @@ def fleets(draw: st.DrawFn) -> tuple[list[DomainInput], list[BudgetInput]]:
     shape = [DomainInput(name, 1.0, parent) for name, parent in zip(names, parents, strict=True)]
     domains = []
     for domain in shape:
-        under = [b for b in budgets if domain.name in chain(shape, b.domain)]
+        under = [b for b in budgets if domain.name in chain_of(shape, b.domain)]
         floor = sum(floor_watts(b.problem) for b in under)
         most = sum(sum(t.max_replicas * t.gpus_per_replica * 700 for t in b.problem.targets) for b in under)
         share = draw(st.sampled_from([0.1, 0.25, 0.4, 0.55, 0.7, 0.9, -0.05]))
@@ -221,7 +209,7 @@ def assert_within_every_limit(
     domains: list[DomainInput], budgets: list[BudgetInput], result: Allocation
 ) -> None:
     for domain in result.domains:
-        under = [b for b in result.budgets if domain.name in chain(domains, b.domain)]
+        under = [b for b in result.budgets if domain.name in chain_of(domains, b.domain)]
         assert domain.allocated_milliwatts == sum(b.milliwatts for b in under)
         assert domain.committed_milliwatts == outside_milliwatts(domains, domain.name)
         if domain.feasible:
@@ -270,7 +258,7 @@ def test_a_domain_with_one_budget_allocates_what_todays_plan_uses(
     room = min(
         budget_milliwatts(d.limit_watts) - outside_milliwatts(domains, d.name)
         for d in domains
-        if d.name in chain(domains, budget.domain)
+        if d.name in chain_of(domains, budget.domain)
     )
     if budget.limit_watts is not None:
         room = min(room, budget_milliwatts(budget.limit_watts))
@@ -295,33 +283,6 @@ def test_the_allocation_does_not_depend_on_the_order_of_its_inputs(
     assert sorted(first.budgets, key=lambda b: b.key) == sorted(second.budgets, key=lambda b: b.key)
 
 
-def order_key(budget: BudgetInput, milliwatts: int) -> tuple[float, float, float, str, str]:
-    """Where a budget planned within ``milliwatts`` stands in the rule's order: its served fraction, then
-    its next step's watts and GPUs (none at its top), then its namespace and name."""
-    curve = ServedCurve(budget.problem)
-    level = curve.within(milliwatts)
-    step = curve.serving(math.nextafter(level.served_fraction, 2), level)
-    if step is None or (
-        budget.limit_watts is not None and step.milliwatts > budget_milliwatts(budget.limit_watts)
-    ):
-        return (level.served_fraction, math.inf, math.inf, budget.namespace, budget.name)
-    return (
-        level.served_fraction,
-        step.milliwatts - level.milliwatts,
-        step.gpus - level.gpus,
-        budget.namespace,
-        budget.name,
-    )
-
-
-def by_tier(
-    budgets: list[BudgetInput], milliwatts: dict[str, int]
-) -> list[list[tuple[float, float, float, str, str]]]:
-    """Each priority tier's budgets in the rule's order, highest tier first, least served first."""
-    tiers = sorted({b.priority for b in budgets}, reverse=True)
-    return [sorted(order_key(b, milliwatts[b.key]) for b in budgets if b.priority == tier) for tier in tiers]
-
-
 @settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
 )
@@ -336,7 +297,7 @@ def test_the_allocation_never_serves_less_than_the_static_split_by_gpus(
     assume(all(plan.feasible for plan in static.values()))
     allocation = allocate(domains, budgets)
     for domain in allocation.domains:
-        under = [b for b in budgets if domain.name in chain(domains, b.domain)]
+        under = [b for b in budgets if domain.name in chain_of(domains, b.domain)]
         if domain.feasible:
             assert sum(round(static[b.key].watts * 1000) for b in under) + domain.committed_milliwatts <= (
                 domain.limit_milliwatts
