@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo   - install, then run the operator and agents on a local control plane with simulated GPUs"
 	@echo "make test   - install, lint, and run every test (unit, property, end-to-end on a real API server)"
-	@echo "make crds   - regenerate crds/gpupowerbudgets.yaml from the API models"
+	@echo "make crds   - regenerate the CRDs in crds/ from the API models"
 	@echo "make monitoring - regenerate the Grafana dashboard and the PrometheusRule under manifests/monitoring"
 	@echo "make bench  - run the benchmarks under bench/"
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 crds: $(STAMP)
-	$(PY) -m gpupower_api.crd crds/gpupowerbudgets.yaml
+	$(PY) -m gpupower_api.crd crds
 
 docs: $(STAMP)
 	$(PY) -m gpupower_api.reference README.md
@@ -113,6 +113,8 @@ images:
 bench: install envtest nvmlstub
 	$(PY) bench/plan_quality.py
 	$(PY) bench/plan_speed.py
+	$(PY) bench/allocation_quality.py
+	$(PY) bench/allocation_speed.py
 	$(PY) bench/agent_reconcile.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_rss.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_latency.py

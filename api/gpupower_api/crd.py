@@ -1,23 +1,27 @@
-"""Generate the GpuPowerBudget CustomResourceDefinition from the pydantic models.
+"""Generate the CustomResourceDefinitions (GpuPowerBudget, GpuPowerDomain) from the pydantic models.
 
-``python -m gpupower_api.crd [PATH]`` writes the CRD (``make crds`` runs it);
-a test regenerates it and fails on any difference with ``crds/``.
+``python -m gpupower_api.crd [DIR]`` writes one CRD per kind into DIR (``make
+crds`` runs it with ``crds/``); a test regenerates them and fails on any
+difference with ``crds/``.
 
 The pydantic JSON Schema is rewritten into a structural OpenAPI v3 schema as
 Kubernetes wants it: references inlined, ``anyOf: [X, null]`` folded into X,
-exclusive bounds turned into OpenAPI 3.0 form, titles dropped, and the CEL
-rules the models carry (``x-kubernetes-validations``) kept.
+exclusive bounds turned into OpenAPI 3.0 form, titles dropped, maps kept as
+``additionalProperties`` schemas, and the CEL rules the models carry
+(``x-kubernetes-validations``) kept.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
+from gpupower_api import domains
 from gpupower_api.models import GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION, BudgetSpec, BudgetStatus
 
 _KEEP = {
@@ -82,6 +86,10 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
                 node[plain] = value
                 node[bound] = True
     out: dict[str, Any] = {key: value for key, value in node.items() if key in _KEEP}
+    # A map (dict[str, X]) keeps its value schema; ``additionalProperties: false`` (extra="forbid")
+    # is not structural, and the API server prunes unknown fields anyway.
+    if isinstance(node.get("additionalProperties"), dict):
+        out["additionalProperties"] = _structural(node["additionalProperties"])
     if "properties" in out:
         out["properties"] = {name: _structural(sub) for name, sub in out["properties"].items()}
         if not out.get("required"):
@@ -100,15 +108,14 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return _structural(_resolve(raw, defs))
 
 
-def _status_schema() -> dict[str, Any]:
-    schema = model_schema(BudgetStatus)
+def _with_condition_map(schema: dict[str, Any]) -> dict[str, Any]:
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
     return schema
 
 
-def _spec_schema() -> dict[str, Any]:
+def _budget_spec_schema() -> dict[str, Any]:
     schema = model_schema(BudgetSpec)
     targets = schema["properties"]["targets"]
     # A list keyed by name: the API server rejects duplicate target names, and
@@ -143,27 +150,78 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
+DOMAIN_PRINTER_COLUMNS = [
+    {"name": "Limit", "type": "integer", "jsonPath": ".spec.totalWatts", "description": "Limit in watts"},
+    {
+        "name": "Committed",
+        "type": "number",
+        "jsonPath": ".status.committedWatts",
+        "description": "Watts committed outside budgets: idle, unmanaged and other domains' GPUs",
+    },
+    {
+        "name": "Allocated",
+        "type": "number",
+        "jsonPath": ".status.allocatedWatts",
+        "description": "Watts allocated to the budgets under the domain",
+    },
+    {
+        "name": "Budgets",
+        "type": "integer",
+        "jsonPath": ".status.budgets",
+        "description": "Budgets that draw from the domain itself",
+    },
+    {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes", "description": "Nodes in the domain"},
+    {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus", "description": "GPUs on those nodes"},
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
 
-def build_crd() -> dict[str, Any]:
-    """The CustomResourceDefinition as a dict."""
+
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_name: str,
+    scope: str,
+    description: str,
+    columns: list[dict[str, str]],
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    validations: list[Any] | None = None,
+) -> dict[str, Any]:
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    if validations:
+        root["x-kubernetes-validations"] = validations
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
-            # Argo CD: create the CRD before any GpuPowerBudget in the same sync.
+            "name": f"{plural}.{GROUP}",
+            # Argo CD: create the CRD before any object of its kind in the same sync.
             "annotations": {"argocd.argoproj.io/sync-wave": "-1"},
             "labels": {"app.kubernetes.io/name": "gpupower", "app.kubernetes.io/component": "crd"},
         },
         "spec": {
             "group": GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": [SHORT_NAME],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": [short_name],
                 "categories": ["gpupower"],
             },
             "versions": [
@@ -172,43 +230,73 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A power budget for the GPUs of a set of inference worker roles.",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": _spec_schema(),
-                                "status": _status_schema(),
-                            },
-                        }
-                    },
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
     }
 
 
-HEADER = (
-    "# Generated by `make crds` (python -m gpupower_api.crd) from api/gpupower_api/models.py. Do not edit.\n"
-)
+def build_crd() -> dict[str, Any]:
+    """The GpuPowerBudget CustomResourceDefinition as a dict."""
+    return _crd(
+        kind=KIND,
+        plural=PLURAL,
+        singular=SINGULAR,
+        short_name=SHORT_NAME,
+        scope="Namespaced",
+        description="A power budget for the GPUs of a set of inference worker roles.",
+        columns=PRINTER_COLUMNS,
+        spec=_budget_spec_schema(),
+        status=_with_condition_map(model_schema(BudgetStatus)),
+    )
 
 
-def render() -> str:
-    return HEADER + str(yaml.safe_dump(build_crd(), sort_keys=False, width=100))
+def build_domain_crd() -> dict[str, Any]:
+    """The GpuPowerDomain CustomResourceDefinition as a dict (cluster-scoped)."""
+    extra = domains.GpuPowerDomain.model_config.get("json_schema_extra")
+    validations = extra.get("x-kubernetes-validations") if isinstance(extra, dict) else None
+    return _crd(
+        kind=domains.KIND,
+        plural=domains.PLURAL,
+        singular=domains.SINGULAR,
+        short_name=domains.SHORT_NAME,
+        scope="Cluster",
+        description="One power limit for all GPUs on a set of nodes (rack, row, hall), shared by budgets.",
+        columns=DOMAIN_PRINTER_COLUMNS,
+        spec=model_schema(domains.DomainSpec),
+        status=_with_condition_map(model_schema(domains.DomainStatus)),
+        validations=list(validations) if isinstance(validations, list) else None,
+    )
+
+
+# The file each CRD is written to under crds/: how it is built, and the module of its models.
+CRDS: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
+    f"{PLURAL}.yaml": (build_crd, "models.py"),
+    f"{domains.PLURAL}.yaml": (build_domain_crd, "domains.py"),
+}
+
+
+def _header(models: str) -> str:
+    source = f"api/gpupower_api/{models}"
+    return f"# Generated by `make crds` (python -m gpupower_api.crd) from {source}. Do not edit.\n"
+
+
+def render(filename: str = f"{PLURAL}.yaml") -> str:
+    """The text of one CRD file (by its name under crds/)."""
+    build, models = CRDS[filename]
+    return _header(models) + str(yaml.safe_dump(build(), sort_keys=False, width=100))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    text = render()
-    if args:
-        Path(args[0]).write_text(text)
-    else:
-        sys.stdout.write(text)
+    if not args:
+        sys.stdout.write("---\n".join(render(name) for name in CRDS))
+        return 0
+    directory = Path(args[0])
+    for name in CRDS:
+        (directory / name).write_text(render(name))
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from itertools import pairwise
-from typing import Any, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -31,6 +31,7 @@ MAX_PROFILE_POINTS = 64
 # A replica serving more than this per second, in any unit, is a broken measurement.
 MAX_PROFILE_THROUGHPUT = 1e9
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 def cel(
@@ -583,6 +584,12 @@ _TARGET_CAP_MAX = (
 )
 
 
+class DomainRef(ApiModel):
+    """The GpuPowerDomain a budget draws its watts from."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the domain.")
+
+
 class BudgetSpec(ApiModel):
     """Desired state: the power budget and the roles it covers."""
 
@@ -595,12 +602,36 @@ class BudgetSpec(ApiModel):
                     "profile's last watts): the safe default is a floor to fall back to, never a way above "
                     "a target's range",
                     ".safeDefaultWatts",
-                )
+                ),
+                cel(
+                    "has(self.totalWatts) || has(self.domainRef)",
+                    "totalWatts is required unless the budget joins a domain (domainRef)",
+                    ".totalWatts",
+                ),
+                cel(
+                    "!(has(self.oversubscription) && has(self.domainRef))",
+                    "oversubscription cannot be combined with domainRef: a domain's limit is what its "
+                    "breaker holds, so the caps of its GPUs must sum within it",
+                    ".oversubscription",
+                ),
             ]
         }
     )
 
-    total_watts: int = Field(gt=0, description="Power budget in watts for all GPUs of all targets.")
+    total_watts: int | None = Field(
+        default=None,
+        gt=0,
+        description="Power budget in watts for all GPUs of all targets; in a domain, a bound on its share.",
+    )
+    domain_ref: DomainRef | None = Field(
+        default=None, description="The GpuPowerDomain whose limit the budget shares with others."
+    )
+    priority: int = Field(
+        default=0,
+        ge=-(2**31),
+        le=2**31 - 1,
+        description="Order in which a domain allocates its budgets: higher first.",
+    )
     mode: Mode = Field(
         default=Mode.ENFORCE, description="Enforce: annotate pods and scale; Advisory: status only."
     )
@@ -632,6 +663,17 @@ class BudgetSpec(ApiModel):
                     f"targets[{index}].capWatts.max ({highest:g} W, target {target.name}): the safe default "
                     "is a floor to fall back to, never a way above a target's range"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _budget_or_domain(self) -> Self:
+        if self.total_watts is None and self.domain_ref is None:
+            raise ValueError("totalWatts is required unless the budget joins a domain (domainRef)")
+        if self.oversubscription is not None and self.domain_ref is not None:
+            raise ValueError(
+                "oversubscription cannot be combined with domainRef: a domain's limit is what its breaker "
+                "holds, so the caps of its GPUs must sum within it"
+            )
         return self
 
     @field_validator("targets")
@@ -780,6 +822,26 @@ class TargetStatus(ApiModel):
     )
 
 
+class BudgetDomainStatus(ApiModel):
+    """The budget's share of its domain: what the allocation gave it and why."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    name: str = Field(description="The domain the budget draws from (spec.domainRef.name).")
+    priority: int = Field(description="The budget's priority in the allocation (spec.priority).")
+    allocated_watts: float | None = Field(
+        default=None, description="Watts the domain allocates the budget: exactly what its plan needs."
+    )
+    limited_by: str | None = Field(
+        default=None,
+        description="Why: DemandServed, MaxReplicas, OwnLimit, DomainLimit, HigherPriority, InfeasibleFloor.",
+    )
+    bound_by: str | None = Field(
+        default=None, description="The domain on the budget's chain whose limit bound its allocation."
+    )
+    message: str | None = Field(default=None, description="One line saying why, for people.")
+
+
 class BudgetStatus(ApiModel):
     """Observed state: the plan, its totals and the conditions."""
 
@@ -817,6 +879,7 @@ class BudgetStatus(ApiModel):
     replicas: str | None = Field(default=None, description="Planned/desired replicas over all targets.")
     reason: str | None = Field(default=None, description="One line saying why the plan is what it is.")
     targets: list[TargetStatus] = Field(default_factory=list, description="The plan per target.")
+    domain: BudgetDomainStatus | None = Field(default=None, description="The budget's share of its domain.")
 
     def target(self, name: str) -> TargetStatus | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -825,16 +888,15 @@ class BudgetStatus(ApiModel):
         return next((c for c in self.conditions if c.type == type_), None)
 
 
-class GpuPowerBudget(ApiModel):
-    """A whole GpuPowerBudget object as read from the API or a file."""
+class ApiObject(ApiModel):
+    """A whole object of one of our kinds (apiVersion, kind, metadata) as read from the API or a file."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+    KIND: ClassVar[str]
 
     api_version: str
     kind: str
     metadata: dict[str, Any] = Field(default_factory=dict)
-    spec: BudgetSpec
-    status: BudgetStatus | None = None
 
     @field_validator("api_version")
     @classmethod
@@ -846,13 +908,22 @@ class GpuPowerBudget(ApiModel):
     @field_validator("kind")
     @classmethod
     def _kind(cls, value: str) -> str:
-        if value != KIND:
-            raise ValueError(f"must be {KIND!r}, got {value!r}")
+        if value != cls.KIND:
+            raise ValueError(f"must be {cls.KIND!r}, got {value!r}")
         return value
 
     @property
     def name(self) -> str:
         return str(self.metadata.get("name", ""))
+
+
+class GpuPowerBudget(ApiObject):
+    """A whole GpuPowerBudget object as read from the API or a file."""
+
+    KIND: ClassVar[str] = KIND
+
+    spec: BudgetSpec
+    status: BudgetStatus | None = None
 
     @property
     def namespace(self) -> str:
@@ -878,6 +949,9 @@ def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
+Object = TypeVar("Object", bound=ApiObject)
+
+
 def describe_validation_error(error: ValidationError, prefix: str = "") -> InvalidSpecError:
     """Turn a pydantic error into one naming the offending field, e.g. ``spec.targets[0].capWatts``."""
     errors: list[tuple[str, str]] = []
@@ -897,11 +971,16 @@ def parse_spec(raw: dict[str, Any], prefix: str = "spec") -> BudgetSpec:
         raise describe_validation_error(error, prefix) from None
 
 
-def parse_budget(raw: dict[str, Any]) -> GpuPowerBudget:
+def parse_object(model: type[Object], raw: dict[str, Any]) -> Object:
     """Validate a whole object (apiVersion, kind, spec); raise :class:`InvalidSpecError` on failure."""
     if not isinstance(raw, dict):
         raise InvalidSpecError("object", f"expected a mapping, got {type(raw).__name__}")
     try:
-        return GpuPowerBudget.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         raise describe_validation_error(error) from None
+
+
+def parse_budget(raw: dict[str, Any]) -> GpuPowerBudget:
+    """Validate a whole GpuPowerBudget; raise :class:`InvalidSpecError` naming the field on failure."""
+    return parse_object(GpuPowerBudget, raw)

@@ -19,8 +19,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from gpupower_api import domains
 from gpupower_api.models import API_VERSION, KIND, GpuPowerBudget, InvalidSpecError, Strategy, parse_budget
-from gpupower_operator import planner, profile_cli, profiles
+from gpupower_operator import allocation, planner, profile_cli, profiles
 from gpupower_operator.planner import Plan
 
 app = typer.Typer(
@@ -54,8 +55,8 @@ def fail(message: str) -> NoReturn:
 # Reading a budget file
 
 
-def load_budget(path: Path, name: str | None = None) -> GpuPowerBudget:
-    """Read the GpuPowerBudget in ``path`` (other kinds in the file are skipped)."""
+def read_documents(path: Path) -> list[dict[str, Any]]:
+    """The YAML documents in ``path``, each a mapping."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -76,6 +77,15 @@ def load_budget(path: Path, name: str | None = None) -> GpuPowerBudget:
     not_mappings = [i for i, doc in enumerate(documents) if not isinstance(doc, dict)]
     if not_mappings:
         raise InputError(f"{path}: document {not_mappings[0] + 1} is not a mapping")
+    return documents
+
+
+def load_budget(path: Path, name: str | None = None) -> GpuPowerBudget:
+    """Read the GpuPowerBudget in ``path`` (other kinds in the file are skipped)."""
+    return select_budget(path, read_documents(path), name)
+
+
+def select_budget(path: Path, documents: list[dict[str, Any]], name: str | None = None) -> GpuPowerBudget:
     budgets = [doc for doc in documents if doc.get("kind") == KIND]
     if name is not None:
         budgets = [doc for doc in budgets if (doc.get("metadata") or {}).get("name") == name]
@@ -262,7 +272,12 @@ def emit(document: Any, output: Output) -> None:
 
 @app.command("plan")
 def plan_command(
-    file: Annotated[Path, typer.Option("--file", "-f", help="YAML file holding a GpuPowerBudget.")],
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file", "-f", help="YAML file holding a GpuPowerBudget, or domains and their budgets."
+        ),
+    ],
     output: Annotated[Output, typer.Option("--output", "-o", help="Output format.")] = Output.TABLE,
     strategy: Annotated[
         Strategy | None, typer.Option("--strategy", help="Override the budget's strategy.")
@@ -272,15 +287,28 @@ def plan_command(
         typer.Option("--demand", help="Override a target's demand: TARGET=VALUE (repeatable)."),
     ] = None,
     compare: Annotated[
-        bool, typer.Option("--compare", help="Print Optimize beside Proportional and the difference.")
+        bool,
+        typer.Option(
+            "--compare",
+            help="Optimize beside Proportional; with domains, the allocation beside a split by GPU share.",
+        ),
     ] = False,
     name: Annotated[
         str | None, typer.Option("--name", help="Budget to plan when the file holds several.")
     ] = None,
 ) -> None:
-    """Plan the budget in a file: replicas and a per-GPU cap for each target."""
+    """Plan the budget in a file (or its domains and budgets together): replicas and caps per target."""
     try:
-        budget = load_budget(file, name)
+        documents = read_documents(file)
+        if holds_domains(documents):
+            for flag, value in (("--name", name), ("--demand", demand), ("--strategy", strategy)):
+                if value:
+                    raise InputError(
+                        f"{flag}: the file holds domains, and all its budgets are planned together"
+                    )
+            plan_domains(load_tree(file, documents), output, compare)
+            return
+        budget = select_budget(file, documents, name)
         overrides = parse_demand_overrides(demand or [], budget)
     except InputError as error:
         fail(str(error))
@@ -308,6 +336,282 @@ def plan_command(
         print_plan(result, budget)
     else:
         emit(plan_document(result, budget), output)
+
+
+# ---------------------------------------------------------------------------
+# Domains and budgets planned together
+
+
+def holds_domains(documents: list[dict[str, Any]]) -> bool:
+    """Whether a file is a tree of domains: it holds a domain, or a budget that joins one."""
+    return any(
+        doc.get("kind") == domains.KIND
+        or (doc.get("kind") == KIND and isinstance(doc.get("spec"), dict) and "domainRef" in doc["spec"])
+        for doc in documents
+    )
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The domains and budgets of a file, parsed, with what the allocation takes."""
+
+    domains: list[domains.GpuPowerDomain]
+    budgets: list[GpuPowerBudget]  # those that join a domain
+    alone: list[GpuPowerBudget]  # those that do not: planned on their own totalWatts
+    inputs: list[allocation.BudgetInput]
+
+    def domain_inputs(self) -> list[allocation.DomainInput]:
+        """Each domain with its limit and, when the file carries a status, what it counts as committed."""
+        out = []
+        for domain in self.domains:
+            committed = domain.status.committed if domain.status and domain.status.committed else None
+            out.append(
+                allocation.DomainInput(
+                    name=domain.name,
+                    limit_watts=domain.spec.total_watts,
+                    parent=domain.spec.parent,
+                    idle_watts=committed.idle_watts if committed else 0.0,
+                    unmanaged_watts=committed.unmanaged_watts if committed else 0.0,
+                    other_domains_watts=committed.other_domains_watts if committed else 0.0,
+                )
+            )
+        return out
+
+
+def load_tree(path: Path, documents: list[dict[str, Any]]) -> Tree:
+    found: list[domains.GpuPowerDomain] = []
+    budgets: list[GpuPowerBudget] = []
+    alone: list[GpuPowerBudget] = []
+    for index, doc in enumerate(documents, start=1):
+        kind = doc.get("kind")
+        try:
+            if kind == domains.KIND:
+                found.append(domains.parse_domain(doc))
+            elif kind == KIND:
+                budget = parse_budget(doc)
+                (budgets if budget.spec.domain_ref else alone).append(budget)
+        except InvalidSpecError as error:
+            raise InputError(f"{path}: document {index} ({kind}): {error}") from None
+    problems = allocation.tree_problems([allocation.DomainInput(d.name, 1, d.spec.parent) for d in found])
+    if problems:
+        raise InputError(f"{path}: domain {problems[0].domain}: spec.parent: {problems[0].message}")
+    by_name = {d.name: d for d in found}
+    inputs = []
+    for budget in budgets:
+        key = f"{budget.namespace}/{budget.name}"
+        ref = budget.spec.domain_ref
+        assert ref is not None
+        domain = by_name.get(ref.name)
+        if domain is None:
+            raise InputError(f"{path}: budget {key}: spec.domainRef.name: no domain {ref.name} in the file")
+        if not domain.spec.admits({"kubernetes.io/metadata.name": budget.namespace}):
+            raise InputError(
+                f"{path}: budget {key}: domain {ref.name} does not admit namespace {budget.namespace} "
+                "(its spec.namespaceSelector)"
+            )
+        try:
+            # The allocation decides the budget; spec.totalWatts, when set, only bounds it.
+            problem = planner.problem_from_spec(budget.spec, total_watts=budget.spec.total_watts or 1)
+        except ValueError as error:
+            raise InputError(f"{path}: budget {key}: {error}") from None
+        inputs.append(
+            allocation.BudgetInput(
+                namespace=budget.namespace,
+                name=budget.name,
+                domain=ref.name,
+                problem=problem,
+                priority=budget.spec.priority,
+                limit_watts=budget.spec.total_watts,
+            )
+        )
+    return Tree(domains=found, budgets=budgets, alone=alone, inputs=inputs)
+
+
+def _watts(milliwatts: int) -> float:
+    return round(milliwatts / 1000, 3)
+
+
+def domain_document(domain: allocation.DomainAllocation) -> dict[str, Any]:
+    return {
+        "name": domain.name,
+        "parent": domain.parent,
+        "limitWatts": _watts(domain.limit_milliwatts),
+        "committedWatts": _watts(domain.committed_milliwatts),
+        "floorWatts": _watts(domain.floor_milliwatts),
+        "allocatedWatts": _watts(domain.allocated_milliwatts),
+        "headroomWatts": _watts(domain.headroom_milliwatts),
+        "feasible": domain.feasible,
+        "budgets": list(domain.budgets),
+        "infeasibleBudgets": list(domain.infeasible_budgets),
+        "reason": domain.reason,
+    }
+
+
+@dataclass(frozen=True)
+class TreePlan:
+    """The allocation of a file's tree and each budget's plan within its share."""
+
+    allocation: allocation.Allocation
+    plans: dict[str, Plan]  # by namespace/name, the budgets alone included
+    static: dict[str, int] | None = None  # the static split's share per budget, for --compare
+    static_plans: dict[str, Plan] | None = None
+
+
+def plan_tree(tree: Tree, compare: bool) -> TreePlan:
+    try:
+        result = allocation.allocate(tree.domain_inputs(), tree.inputs)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    plans = {
+        share.key: planner.plan(allocation.planned_problem(budget, share.milliwatts))
+        for budget, share in zip(tree.inputs, result.budgets, strict=True)
+    }
+    for budget in tree.alone:
+        plans[f"{budget.namespace}/{budget.name}"] = planner.plan(planner.problem_from_spec(budget.spec))
+    if not compare:
+        return TreePlan(result, plans)
+    static = allocation.static_split(tree.domain_inputs(), tree.inputs)
+    static_plans = {
+        budget.key: planner.plan(allocation.planned_problem(budget, static[budget.key]))
+        for budget in tree.inputs
+    }
+    return TreePlan(result, plans, static, static_plans)
+
+
+def tier_summary(tree: Tree, result: TreePlan) -> list[dict[str, Any]]:
+    """Per priority, highest first: the least served budget of the tier, allocated and split statically."""
+    assert result.static_plans is not None
+    tiers = []
+    for priority in sorted({b.priority for b in tree.inputs}, reverse=True):
+        keys = [b.key for b in tree.inputs if b.priority == priority]
+        tiers.append(
+            {
+                "priority": priority,
+                "budgets": len(keys),
+                "servedFraction": round(min(result.plans[k].served_fraction for k in keys), 6),
+                "staticServedFraction": round(min(result.static_plans[k].served_fraction for k in keys), 6),
+                "watts": round(sum(result.plans[k].watts for k in keys), 3),
+                "staticWatts": round(sum(result.static_plans[k].watts for k in keys), 3),
+            }
+        )
+    return tiers
+
+
+def tree_document(tree: Tree, result: TreePlan) -> dict[str, Any]:
+    by_key = {f"{b.namespace}/{b.name}": b for b in [*tree.budgets, *tree.alone]}
+    budgets = []
+    for share in result.allocation.budgets:
+        entry: dict[str, Any] = {
+            "namespace": share.namespace,
+            "name": share.name,
+            "domain": share.domain,
+            "priority": share.priority,
+            "allocatedWatts": _watts(share.milliwatts),
+            "floorWatts": _watts(share.floor_milliwatts),
+            "servedFraction": round(share.served_fraction, 6),
+            "limitedBy": str(share.limited_by),
+            "boundBy": share.bound_by,
+            "reason": share.reason,
+        }
+        if result.static is not None and result.static_plans is not None:
+            static = result.static_plans[share.key]
+            entry["static"] = {
+                "shareWatts": _watts(result.static[share.key]),
+                "plannedWatts": round(static.watts, 3),
+                "servedFraction": round(static.served_fraction, 6),
+            }
+        entry["plan"] = plan_document(result.plans[share.key], by_key[share.key])
+        budgets.append(entry)
+    document: dict[str, Any] = {
+        "domains": [domain_document(d) for d in result.allocation.domains],
+        "budgets": budgets,
+    }
+    if tree.alone:
+        document["budgetsWithoutDomain"] = [
+            plan_document(result.plans[f"{b.namespace}/{b.name}"], b) for b in tree.alone
+        ]
+    if result.static is not None:
+        document["tiers"] = tier_summary(tree, result)
+    return document
+
+
+def _signed_points(gain: float) -> str:
+    return f"{gain * 100:+.1f} points"
+
+
+def print_tree(tree: Tree, result: TreePlan) -> None:
+    table = Table(title="domains", title_justify="left")
+    for column in (
+        "DOMAIN",
+        "PARENT",
+        "LIMIT W",
+        "COMMITTED W",
+        "FLOORS W",
+        "ALLOCATED W",
+        "HEADROOM W",
+        "STATE",
+    ):
+        table.add_column(column, justify="left" if column in {"DOMAIN", "PARENT", "STATE"} else "right")
+    for d in result.allocation.domains:
+        state = "ok" if d.feasible else f"infeasible by {_number(d.infeasible_by_milliwatts / 1000)} W"
+        table.add_row(
+            d.name,
+            d.parent or "-",
+            _number(d.limit_milliwatts / 1000),
+            _number(d.committed_milliwatts / 1000),
+            _number(d.floor_milliwatts / 1000),
+            _number(d.allocated_milliwatts / 1000),
+            _number(d.headroom_milliwatts / 1000),
+            state,
+        )
+    out.print(table)
+    budgets = Table(title="budgets", title_justify="left")
+    columns = ["BUDGET", "DOMAIN", "PRIORITY", "ALLOCATED W", "SERVED"]
+    if result.static_plans is not None:
+        columns += ["STATIC W", "STATIC SERVED", "GAIN"]
+    for column in [*columns, "WHY"]:
+        budgets.add_column(column, justify="left" if column in {"BUDGET", "DOMAIN", "WHY"} else "right")
+    for share in result.allocation.budgets:
+        row = [
+            share.key,
+            share.domain,
+            str(share.priority),
+            _number(share.watts),
+            _percent(share.served_fraction),
+        ]
+        if result.static_plans is not None:
+            static = result.static_plans[share.key]
+            row += [
+                _number(static.watts),
+                _percent(static.served_fraction),
+                _signed_points(share.served_fraction - static.served_fraction),
+            ]
+        budgets.add_row(*row, share.reason)
+    out.print()
+    out.print(budgets)
+    if result.static_plans is not None:
+        out.print()
+        for tier in tier_summary(tree, result):
+            out.print(
+                f"priority {tier['priority']} ({tier['budgets']} budget(s)): the least served gets "
+                f"{_percent(tier['servedFraction'])} with the priority-aware allocation, "
+                f"{_percent(tier['staticServedFraction'])} with the static split by GPU share "
+                f"({_number(tier['watts'])} W vs {_number(tier['staticWatts'])} W)",
+                markup=False,
+            )
+        return
+    by_key = {f"{b.namespace}/{b.name}": b for b in [*tree.budgets, *tree.alone]}
+    for key, plan in result.plans.items():
+        out.print()
+        print_plan(plan, by_key[key])
+
+
+def plan_domains(tree: Tree, output: Output, compare: bool) -> None:
+    result = plan_tree(tree, compare)
+    if output is Output.TABLE:
+        print_tree(tree, result)
+    else:
+        emit(tree_document(tree, result), output)
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ def problem_from_spec(
     corrections: Mapping[str, tuple[float, float]] | None = None,
     strategy: Strategy | None = None,
     gpu_min_watts: Mapping[str, int] | None = None,
+    total_watts: float | None = None,
 ) -> Problem:
     """Build a :class:`Problem` from a validated spec.
 
@@ -168,9 +169,18 @@ def problem_from_spec(
     caps count in full); with it, the draw counts, the caps' sum is bounded by
     ``totalWatts x maxRatio``, and each target keeps to caps its guard can hold
     (:func:`guardable`, with ``gpu_min_watts``: the lowest limit each target's
-    GPUs accept, by default its cap range's minimum). Raises :class:`ValueError` naming the field
-    when an override makes the problem invalid (for example an empty cap range).
+    GPUs accept, by default its cap range's minimum). ``total_watts`` replaces
+    ``spec.totalWatts`` (what a budget's domain allocates it). Raises
+    :class:`ValueError` naming the field when an override makes the problem
+    invalid (for example an empty cap range), or when there is no budget at all:
+    a budget of a domain without ``totalWatts`` and no allocation given.
     """
+    budget_watts = total_watts if total_watts is not None else spec.total_watts
+    if budget_watts is None:
+        raise ValueError(
+            "spec.totalWatts: not set, and no allocation from the budget's domain "
+            f"{spec.domain_ref.name if spec.domain_ref else '(none)'} was given to plan within"
+        )
     demand = demand or {}
     cap_ranges = cap_ranges or {}
     corrections = corrections or {}
@@ -215,7 +225,7 @@ def problem_from_spec(
             problem_target = guardable(replace(problem_target, power_factor=measured), min(minimum, cap_min))
         guarded_targets.append(problem_target)
     problem = Problem(
-        total_watts=spec.total_watts,
+        total_watts=budget_watts,
         targets=tuple(targets),
         cap_step_watts=spec.cap_step_watts,
         strategy=strategy if strategy is not None else spec.strategy,
@@ -226,7 +236,7 @@ def problem_from_spec(
     oversubscribed = replace(
         problem,
         targets=tuple(guarded_targets),
-        cap_budget_watts=spec.total_watts * spec.oversubscription.max_ratio,
+        cap_budget_watts=budget_watts * spec.oversubscription.max_ratio,
         plain=problem,
     )
     validate_problem(oversubscribed)
@@ -904,6 +914,93 @@ def optimize(problem: Problem) -> Plan:
 
 
 # ---------------------------------------------------------------------------
+# The served curve: the least power for each served fraction
+
+
+@dataclass(frozen=True)
+class Level:
+    """One step of a problem's served curve: each target's cheapest pair for a served fraction.
+
+    ``milliwatts`` is what the pairs need together and ``served_fraction`` what
+    they serve (the least served target's). Optimize given exactly
+    ``milliwatts`` plans these pairs, unless pairs of the same power serve more
+    (then the next level costs no more than this one).
+    """
+
+    milliwatts: int
+    served_fraction: float
+    gpus: int
+    picks: tuple[_Pick, ...]
+
+    @property
+    def choices(self) -> tuple[tuple[int, int], ...]:
+        """(replicas, per-GPU cap in watts) per target."""
+        return tuple((p.replicas, p.cap_watts) for p in self.picks)
+
+
+class ServedCurve:
+    """The least power that serves each fraction of a problem's demand, counted as Optimize counts it.
+
+    Optimize's search, opened up for a caller that shares one limit among many
+    problems (the domain allocation): ``serving(s)`` is the cheapest level that
+    serves at least ``s``, ``within(mw)`` the level Optimize plans within
+    ``mw`` milliwatts. ``problem.total_watts`` is not read. An oversubscribed
+    problem (a bound on the caps beside the draw) has no such curve: a domain
+    counts caps, and its budgets do not oversubscribe.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        validate_problem(problem)
+        if problem.cap_budget_watts is not None:
+            raise ValueError("cap_budget_watts: an oversubscribed problem has no served curve")
+        self.problem = problem
+        self._targets = problem.targets
+        self._tables = tuple(_cap_table(t, problem.cap_step_watts) for t in problem.targets)
+        self.floor = self._level(
+            tuple(_floor_pick(t, table) for t, table in zip(self._targets, self._tables, strict=True))
+        )
+        # Nothing serves more than every target at max replicas and its best cap.
+        self.reach = min(
+            served_fraction(t.max_replicas * table.rates[-1], t.demand)
+            for t, table in zip(self._targets, self._tables, strict=True)
+        )
+
+    def _level(self, picks: tuple[_Pick, ...]) -> Level:
+        return Level(
+            milliwatts=sum(p.milliwatts for p in picks),
+            served_fraction=min(p.served for p in picks),
+            gpus=sum(p.replicas * t.gpus_per_replica for p, t in zip(picks, self._targets, strict=True)),
+            picks=picks,
+        )
+
+    def serving(self, fraction: float, start: Level | None = None) -> Level | None:
+        """The cheapest level serving at least ``fraction``; None when no plan reaches it.
+
+        ``start``, a level of this curve, saves work: its pairs that already
+        serve the fraction are the cheapest for it and stay.
+        """
+        start = start or self.floor
+        if fraction <= start.served_fraction:
+            return start
+        if fraction > self.reach:
+            return None
+        raised = _raised(self._targets, self._tables, start.picks, fraction)
+        return None if raised is None else self._level(tuple(raised))
+
+    def within(self, milliwatts: int) -> Level:
+        """The level Optimize plans within ``milliwatts``: the floor when even the floor needs more."""
+        if self.floor.milliwatts > milliwatts:
+            return self.floor
+        return self._level(tuple(_best_picks(self._targets, self._tables, milliwatts)))
+
+
+def least_milliwatts(problem: Problem, fraction: float) -> int | None:
+    """The least power (integer milliwatts) in which Optimize serves at least ``fraction`` of demand."""
+    level = ServedCurve(problem).serving(fraction)
+    return None if level is None else level.milliwatts
+
+
+# ---------------------------------------------------------------------------
 # Proportional (the classic algorithm)
 
 
@@ -1091,10 +1188,12 @@ def brute_force(problem: Problem) -> Plan:
 
 
 __all__ = [
+    "Level",
     "Plan",
     "Problem",
     "ProfilePoint",
     "RaisedPoint",
+    "ServedCurve",
     "TargetPlan",
     "TargetProblem",
     "brute_force",
@@ -1107,6 +1206,7 @@ __all__ = [
     "fits_budget",
     "floor_watts",
     "guardable",
+    "least_milliwatts",
     "optimize",
     "plan",
     "problem_from_spec",

@@ -34,6 +34,7 @@ stays unconfirmed longer than the enforcement timeout shows as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -469,7 +470,7 @@ def _enforcement(
             increments[index] = added * scaled.gpus_per_replica * plan.target(item.target).cap_watts
     raising = {index: watts for index, watts in increments.items() if watts > 0}
     # What the caps may sum to: the budget, or its oversubscription bound (the agents' guard holds the draw).
-    limit = plan.cap_budget_watts if plan.cap_budget_watts is not None else float(spec.total_watts)
+    limit = plan.cap_budget_watts if plan.cap_budget_watts is not None else plan.budget_watts
     threshold = max(limit, plan.caps_watts)
     prospective = baseline + sum(raising.values())
     deferred = frozenset(raising) if raising and prospective > threshold + 1e-6 else frozenset()
@@ -553,7 +554,7 @@ def _guard_share(spec: BudgetSpec, plan: Plan, cap_watts: int, gpu_draw_watts: f
     slack the plan leaves is the guard's too), never above the cap. None without oversubscription."""
     if spec.oversubscription is None:
         return None
-    scale = spec.total_watts / plan.watts if plan.watts > 0 else 1.0
+    scale = plan.budget_watts / plan.watts if plan.watts > 0 else 1.0
     return _round(min(float(cap_watts), gpu_draw_watts * max(1.0, scale)), 1)
 
 
@@ -757,7 +758,7 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         held = enforcement.held_raises if enforcement is not None else 0
         waiting = (
             f"{held} raise(s) held until the lowered caps are confirmed "
-            f"({enforcement.prospective_watts:g} W could be held now, budget {spec.total_watts:g} W); "
+            f"({enforcement.prospective_watts:g} W could be held now, budget {plan.budget_watts:g} W); "
             if enforcement is not None and held
             else ""
         )
@@ -794,15 +795,12 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
             now,
         ),
         strategy=str(plan.strategy),
-        budget_watts=spec.total_watts,
+        budget_watts=math.floor(plan.budget_watts),
         planned_watts=_round(plan.watts, 1),
         enforced_watts=_round(enforcement.enforced_watts, 1) if enforcement is not None else None,
         caps_watts=_round(plan.caps_watts, 1),
         caps_limit_watts=_round(
-            spec.total_watts * spec.oversubscription.max_ratio
-            if spec.oversubscription is not None
-            else spec.total_watts,
-            1,
+            plan.cap_budget_watts if plan.cap_budget_watts is not None else plan.budget_watts, 1
         ),
         planned_draw_watts=_round(plan.watts, 1),
         observed_watts=None

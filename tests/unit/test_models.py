@@ -11,6 +11,7 @@ from gpupower_api.models import (
     API_VERSION,
     KIND,
     BudgetSpec,
+    DomainRef,
     InvalidSpecError,
     Mode,
     ProfileSource,
@@ -111,7 +112,9 @@ def test_a_preset_profile_spans_its_estimate_and_sets_the_cap_range() -> None:
         ("totalWatts", 0, "spec.totalWatts", "greater than 0"),
         ("totalWatts", -5, "spec.totalWatts", "greater than 0"),
         ("totalWatts", "lots", "spec.totalWatts", "integer"),
-        ("totalWatts", DELETE, "spec.totalWatts", "required"),
+        ("totalWatts", DELETE, "spec", "totalWatts is required unless the budget joins a domain (domainRef)"),
+        ("domainRef", {"name": "Rack_A12"}, "spec.domainRef.name", "pattern"),
+        ("priority", 2**31, "spec.priority", "less than or equal to 2147483647"),
         ("safeDefaultWatts", 0, "spec.safeDefaultWatts", "greater than 0"),
         ("safeDefaultWatts", DELETE, "spec.safeDefaultWatts", "required"),
         ("mode", "DryRun", "spec.mode", "Enforce"),
@@ -293,6 +296,16 @@ def test_all_errors_are_reported_not_only_the_first() -> None:
         parse_spec(spec)
     fields = [field for field, _ in caught.value.errors]
     assert fields == ["spec.totalWatts", "spec.safeDefaultWatts"]
+
+
+def test_a_budget_in_a_domain_needs_no_total_watts_and_defaults_to_priority_zero() -> None:
+    raw = valid_spec()
+    del raw["totalWatts"]
+    raw["domainRef"] = {"name": "rack-a12"}
+    spec = parse_spec(raw)
+    assert (spec.total_watts, spec.domain_ref, spec.priority) == (None, DomainRef(name="rack-a12"), 0)
+    both = parse_spec({**valid_spec(), "domainRef": {"name": "row-3.hall-1"}, "priority": 100})
+    assert (both.total_watts, both.priority) == (6000, 100)  # its own totalWatts bounds its share
 
 
 def test_whole_object_checks_api_version_and_kind() -> None:

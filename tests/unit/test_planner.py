@@ -12,6 +12,7 @@ from gpupower_api.models import Strategy, parse_spec
 from gpupower_operator.planner import (
     Problem,
     ProfilePoint,
+    ServedCurve,
     TargetProblem,
     brute_force,
     budget_milliwatts,
@@ -317,6 +318,21 @@ def test_problem_from_spec_rejects_bad_overrides_naming_the_field(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         problem_from_spec(parse_spec(SPEC), **overrides)  # type: ignore[arg-type]
+
+
+def test_problem_from_spec_plans_within_an_explicit_budget() -> None:
+    problem = problem_from_spec(parse_spec(SPEC), total_watts=4200.5)
+    assert problem.total_watts == 4200.5
+
+
+def test_a_domain_budget_without_total_watts_needs_its_allocation_and_says_so() -> None:
+    spec = parse_spec(
+        {**{k: v for k, v in SPEC.items() if k != "totalWatts"}, "domainRef": {"name": "rack-a12"}}
+    )
+    assert spec.total_watts is None
+    with pytest.raises(ValueError, match=r"^spec\.totalWatts: not set, .*domain rack-a12"):
+        problem_from_spec(spec)
+    assert problem_from_spec(spec, total_watts=3000).total_watts == 3000
 
 
 # ---------------------------------------------------------------------------
@@ -645,3 +661,18 @@ def test_optimize_equals_brute_force_on_edge_shapes_at_every_budget(name: str) -
             clear_cache()
             assert optimize(case) == expected, case.total_watts
             assert optimize(case) == expected  # warm: memoized cap tables change nothing
+
+
+def test_an_oversubscribed_problem_has_no_served_curve() -> None:
+    target = TargetProblem(
+        name="decode",
+        min_replicas=1,
+        max_replicas=2,
+        cap_min_watts=200,
+        cap_max_watts=400,
+        profile=(ProfilePoint(200, 5), ProfilePoint(400, 8)),
+        demand=10,
+    )
+    problem = Problem(total_watts=800, targets=(target,), cap_step_watts=50, cap_budget_watts=960)
+    with pytest.raises(ValueError, match="cap_budget_watts"):
+        ServedCurve(problem)

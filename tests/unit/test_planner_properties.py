@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from itertools import product
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -14,8 +15,10 @@ from gpupower_operator.planner import (
     Problem,
     ProfilePoint,
     RaisedPoint,
+    ServedCurve,
     TargetProblem,
     brute_force,
+    budget_milliwatts,
     cap_grid,
     caps_milliwatts,
     clear_cache,
@@ -23,6 +26,7 @@ from gpupower_operator.planner import (
     fits,
     fits_budget,
     floor_watts,
+    least_milliwatts,
     optimize,
     proportional,
     raised_points,
@@ -341,3 +345,61 @@ def test_cheapest_pair_for_a_threshold_is_the_least_power_then_fewest_replicas_t
             continue
         assert pick is not None
         assert (pick.milliwatts, pick.replicas, pick.cap_watts, pick.served) == min(reaching)
+
+
+def _combinations(problem: Problem) -> list[tuple[int, float, tuple[tuple[int, int], ...]]]:
+    """(milliwatts, served fraction, choices) of every combination of every target's pairs."""
+    per_target = [
+        [
+            (target_milliwatts(t, r, c), served_fraction(r * replica_throughput(t, c), t.demand), (r, c))
+            for r in range(t.min_replicas, t.max_replicas + 1)
+            for c in cap_grid(t.cap_min_watts, t.cap_max_watts, problem.cap_step_watts)
+        ]
+        for t in problem.targets
+    ]
+    return [
+        (sum(o[0] for o in combo), min(o[1] for o in combo), tuple(o[2] for o in combo))
+        for combo in product(*per_target)
+    ]
+
+
+@SETTINGS
+@given(problems(small=True), st.randoms(use_true_random=False))
+def test_served_curve_gives_the_least_power_that_serves_a_fraction(problem: Problem, random: object) -> None:
+    problem = replace(problem, cap_budget_watts=None)  # a domain's budgets do not oversubscribe
+    curve = ServedCurve(problem)
+    combinations = _combinations(problem)
+    served = sorted({c[1] for c in combinations if c[1] > 0})
+    chosen = random.sample(served, min(len(served), 5))  # type: ignore[attr-defined]
+    fractions = {f for v in chosen for f in (math.nextafter(v, 0), v, math.nextafter(v, 2)) if 0 < f <= 1}
+    for fraction in sorted(fractions):
+        reaching = [c for c in combinations if c[1] >= fraction]
+        level = curve.serving(fraction)
+        if not reaching:
+            assert level is None
+            continue
+        assert level is not None
+        assert level.served_fraction >= fraction
+        assert level.milliwatts == min(c[0] for c in reaching) == least_milliwatts(problem, fraction)
+        # Optimize given exactly that power uses all of it and serves at least as much: exactly that
+        # level when no pairs of the same power serve more (a budget must be above zero, and one
+        # milliwatt buys no more than none).
+        at_level = optimize(replace(problem, total_watts=max(level.milliwatts, 1) / 1000))
+        assert at_level.watts * 1000 == pytest.approx(level.milliwatts, abs=1e-6)
+        assert at_level.served_fraction >= level.served_fraction
+        step = curve.serving(math.nextafter(level.served_fraction, 2), level)
+        if step is None or step.milliwatts > level.milliwatts:
+            assert [(t.replicas, t.cap_watts) for t in at_level.targets] == list(level.choices)
+            assert at_level.served_fraction == level.served_fraction
+
+
+@SETTINGS
+@given(problems(small=False))
+def test_served_curve_within_a_budget_is_what_optimize_plans(problem: Problem) -> None:
+    problem = replace(problem, cap_budget_watts=None)
+    curve = ServedCurve(problem)
+    level = curve.within(budget_milliwatts(problem.total_watts))
+    result = optimize(problem)
+    assert list(level.choices) == [(t.replicas, t.cap_watts) for t in result.targets]
+    assert (level.served_fraction, level.gpus) == (result.served_fraction, result.gpus)
+    assert curve.floor.choices == tuple((t.min_replicas, t.cap_min_watts) for t in problem.targets)
