@@ -18,8 +18,10 @@ what the pod's GPUs hold, read back from NVML.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 PREFIX = "gpupower.dev"
@@ -168,3 +170,113 @@ def held_watts_from_message(message: object) -> HeldWatts | None:
     if match is None:
         return None
     return HeldWatts(int(match[1]), int(match[2]))
+
+
+# ---------------------------------------------------------------------------
+# What a node's GPUs hold, for the power domains: the annotation
+# ``gpupower.dev/gpu-power-held`` on the agent's own Node.
+#
+# A breaker trips on what every GPU on its circuit may draw, so a domain counts
+# each GPU at the limit it holds. The agent sums the limits NVML reports by who
+# holds the GPU: no pod (``idle``), a pod no Enforce budget manages
+# (``unmanaged``), or a pod of a budget (``budgets``, keyed ``namespace/name`` of
+# the budget the trust rule gives it). A GPU whose limit cannot be read counts
+# at its maximum. Compact JSON with sorted keys, so the same hardware gives the
+# same text and the Node is patched only when something changed:
+#
+#   {"budgets":{"inference/llama":{"gpus":4,"watts":1600}},
+#    "idle":{"gpus":3,"watts":300},"unmanaged":{"gpus":1,"watts":700}}
+
+GPU_POWER_HELD_ANNOTATION = f"{PREFIX}/gpu-power-held"
+# Watts one report may carry: a node of 1,000 GPUs at the highest cap.
+_MAX_REPORT_WATTS = 1000 * MAX_CAP_WATTS
+
+
+class InvalidHeldReportError(ValueError):
+    """A ``gpupower.dev/gpu-power-held`` value that does not parse; names what is wrong."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"{GPU_POWER_HELD_ANNOTATION}: {why}")
+
+
+@dataclass(frozen=True)
+class HeldGroup:
+    """GPUs of one kind on a node, and the sum of the limits they hold (whole watts, rounded up)."""
+
+    gpus: int = 0
+    watts: int = 0
+
+    def __add__(self, other: HeldGroup) -> HeldGroup:
+        return HeldGroup(self.gpus + other.gpus, self.watts + other.watts)
+
+
+@dataclass(frozen=True)
+class NodeHeld:
+    """What every GPU of a node holds, by who holds it."""
+
+    idle: HeldGroup = HeldGroup()
+    unmanaged: HeldGroup = HeldGroup()
+    budgets: Mapping[str, HeldGroup] = field(default_factory=dict)
+
+    @property
+    def gpus(self) -> int:
+        return self.idle.gpus + self.unmanaged.gpus + sum(g.gpus for g in self.budgets.values())
+
+    @property
+    def watts(self) -> int:
+        return self.idle.watts + self.unmanaged.watts + sum(g.watts for g in self.budgets.values())
+
+
+def format_held_report(held: NodeHeld) -> str:
+    """The annotation's value for ``held``: the same text for the same hardware."""
+
+    def group(g: HeldGroup) -> dict[str, int]:
+        return {"gpus": g.gpus, "watts": g.watts}
+
+    document = {
+        "budgets": {key: group(g) for key, g in sorted(held.budgets.items()) if g.gpus},
+        "idle": group(held.idle),
+        "unmanaged": group(held.unmanaged),
+    }
+    return json.dumps(document, separators=(",", ":"), sort_keys=True)
+
+
+def _held_group(value: object, where: str) -> HeldGroup:
+    if not isinstance(value, dict) or set(value) != {"gpus", "watts"}:
+        raise InvalidHeldReportError(f"{where} must be an object with exactly gpus and watts")
+    gpus, watts = value["gpus"], value["watts"]
+    for name, number, most in (("gpus", gpus, 1000), ("watts", watts, _MAX_REPORT_WATTS)):
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= most:
+            raise InvalidHeldReportError(
+                f"{where}.{name} must be an integer within 0..{most}, got {number!r}"
+            )
+    return HeldGroup(gpus, watts)
+
+
+def parse_held_report(value: object) -> NodeHeld:
+    """Strictly parse the annotation or raise :class:`InvalidHeldReportError` saying what is wrong."""
+    if not isinstance(value, str):
+        raise InvalidHeldReportError("missing or not a string")
+    try:
+        document = json.loads(value)
+    except ValueError as error:
+        raise InvalidHeldReportError(f"not JSON ({error})") from None
+    if not isinstance(document, dict) or set(document) != {"budgets", "idle", "unmanaged"}:
+        raise InvalidHeldReportError("must be an object with exactly budgets, idle and unmanaged")
+    budgets = document["budgets"]
+    if not isinstance(budgets, dict):
+        raise InvalidHeldReportError("budgets must be an object keyed namespace/name")
+    parsed: dict[str, HeldGroup] = {}
+    for key, group in budgets.items():
+        namespace, _, name = str(key).partition("/")
+        if not namespace or not name or "/" in name:
+            raise InvalidHeldReportError(f"budgets key {key!r} is not namespace/name")
+        parsed[key] = _held_group(group, f"budgets[{key}]")
+    held = NodeHeld(
+        idle=_held_group(document["idle"], "idle"),
+        unmanaged=_held_group(document["unmanaged"], "unmanaged"),
+        budgets=parsed,
+    )
+    if held.gpus > 1000:
+        raise InvalidHeldReportError(f"{held.gpus} GPUs: more than a node can have")
+    return held

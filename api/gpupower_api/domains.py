@@ -10,6 +10,8 @@ from them (``make crds``) and so is the README's reference (``make docs``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
@@ -277,6 +279,63 @@ class GpuPowerDomain(ApiObject):
     @property
     def generation(self) -> int:
         return int(self.metadata.get("generation") or 0)
+
+
+@dataclass(frozen=True)
+class NodePlace:
+    """Where a node sits among the domains, and what they ask of its GPUs."""
+
+    selected_by: tuple[str, ...] = ()  # the domains whose nodeSelector picks the node, by name
+    chains: tuple[tuple[str, ...], ...] = ()  # each of those up to its root, deepest first
+    idle_gpu_watts: int | None = None  # the limit its idle GPUs are parked at (None: each GPU's minimum)
+    unmanaged_gpu_watts: int | None = None  # the cap of unmanaged pods' GPUs (None: left alone)
+
+    @property
+    def in_domain(self) -> bool:
+        return bool(self.selected_by)
+
+    @property
+    def domains(self) -> frozenset[str]:
+        """Every domain the node counts in: those that select it and every one above them."""
+        return frozenset(name for chain in self.chains for name in chain)
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether the domains that select it are not on one chain (two racks claiming one node)."""
+        deepest = max(self.chains, key=len, default=())
+        return any(name not in deepest for name in self.selected_by)
+
+
+def place_node(domains: Mapping[str, DomainSpec], labels: Mapping[str, str] | None) -> NodePlace:
+    """Where a node with ``labels`` sits among ``domains`` (by name).
+
+    Its domains are those whose selector picks it and every domain above them
+    (a rack's node is in its row even when the row's selector misses it); a
+    parent that does not exist, or a cycle, ends a chain. A setting comes from
+    the deepest domain on the chain that sets it; where the node is (wrongly) in
+    two chains, the lower of their settings: parked lower, capped lower.
+    """
+    plain = dict(labels or {})
+    selected = tuple(sorted(name for name, spec in domains.items() if spec.node_selector.matches(plain)))
+    chains = []
+    for name in selected:
+        chain = [name]
+        while (parent := domains[chain[-1]].parent) is not None and parent in domains and parent not in chain:
+            chain.append(parent)
+        chains.append(tuple(chain))
+
+    def setting(read: Callable[[DomainSpec], int | None]) -> list[int | None]:
+        return [next((v for d in chain if (v := read(domains[d])) is not None), None) for chain in chains]
+
+    idle = setting(lambda spec: spec.idle_gpu_watts)
+    unmanaged = [v for v in setting(lambda spec: spec.unmanaged_gpu_watts) if v is not None]
+    return NodePlace(
+        selected_by=selected,
+        chains=tuple(chains),
+        # Unset parks at each GPU's minimum, the lowest of all; unset unmanaged is no cap, the highest.
+        idle_gpu_watts=None if None in idle else min((v for v in idle if v is not None), default=None),
+        unmanaged_gpu_watts=min(unmanaged, default=None),
+    )
 
 
 def parse_domain_spec(raw: dict[str, Any], prefix: str = "spec") -> DomainSpec:
