@@ -546,6 +546,7 @@ def allocate(
     domains: Sequence[DomainInput],
     budgets: Sequence[BudgetInput],
     curve: Callable[[Problem], Curve] = ServedCurve,
+    subtree_counts: bool = False,
 ) -> Allocation:
     """Allocate every tree of ``domains`` among ``budgets`` (see the module docstring).
 
@@ -554,6 +555,10 @@ def allocate(
     :class:`ValueError` naming the budget or domain for any other bad input.
     ``curve`` makes each budget's served curve: the planner's, unless a
     benchmark measures another way of answering the same questions.
+    ``subtree_counts``: each domain's committed watts are already counted over
+    its whole subtree (the shell does, because "another domain's" depends on the
+    domain asking: a row's budget on a rack's node is outside the rack, not the
+    row), rather than over its own nodes and summed up the chain here.
     """
     problems = tree_problems(domains)
     if problems:
@@ -585,9 +590,9 @@ def allocate(
                 _milliwatts_up(domain.other_domains_watts, f"{field}: other_domains_watts"),
             )
         )
-    sub_outside = [[0, 0, 0] for _ in domains]
+    sub_outside = [list(own) if subtree_counts else [0, 0, 0] for own in outside]
     for i, own in enumerate(outside):
-        for d in chains[i]:
+        for d in chains[i] if not subtree_counts else ():
             for kind in range(3):
                 sub_outside[d][kind] += own[kind]
 
@@ -742,7 +747,9 @@ def _budget_result(
     )
 
 
-def static_split(domains: Sequence[DomainInput], budgets: Sequence[BudgetInput]) -> dict[str, int]:
+def static_split(
+    domains: Sequence[DomainInput], budgets: Sequence[BudgetInput], subtree_counts: bool = False
+) -> dict[str, int]:
     """The classic multi-deployment sizing, kept for comparison: milliwatts per budget (by key).
 
     Each domain's room (its limit less what is committed outside budgets) is
@@ -767,7 +774,7 @@ def static_split(domains: Sequence[DomainInput], budgets: Sequence[BudgetInput])
             _milliwatts_up(w, f"domain {d.name}")
             for w in (d.idle_watts, d.unmanaged_watts, d.other_domains_watts)
         )
-        for name in chain(d.name):
+        for name in chain(d.name) if not subtree_counts else (d.name,):
             room[name] -= outside
     gpus = {b.key: sum(t.max_replicas * t.gpus_per_replica for t in b.problem.targets) for b in budgets}
     under = dict.fromkeys(room, 0)

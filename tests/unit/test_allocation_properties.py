@@ -311,3 +311,30 @@ def test_the_allocation_never_serves_less_than_the_static_split_by_gpus(
     # either way: two budgets at one fraction, room for one step, the cheaper step goes first.)
     assert ours >= theirs
     assert ours[0][0][0] >= theirs[0][0][0]
+
+
+def _summed_up_the_chain(domains: list[DomainInput]) -> list[DomainInput]:
+    """The same domains with their committed watts counted over each one's whole subtree."""
+    summed = []
+    for domain in domains:
+        below = [d for d in domains if domain.name in chain_of(domains, d.name)]
+        summed.append(
+            replace(
+                domain,
+                idle_watts=sum(d.idle_watts for d in below),
+                unmanaged_watts=sum(d.unmanaged_watts for d in below),
+                other_domains_watts=sum(d.other_domains_watts for d in below),
+            )
+        )
+    return summed
+
+
+@SETTINGS
+@given(trees(max_budgets=4))
+def test_committed_watts_counted_over_subtrees_allocate_as_own_nodes_summed_up_the_chain(
+    tree: tuple[list[DomainInput], list[BudgetInput]],
+) -> None:
+    domains, budgets = tree
+    summed = _summed_up_the_chain(domains)
+    assert allocate(summed, budgets, subtree_counts=True) == allocate(domains, budgets)
+    assert static_split(summed, budgets, subtree_counts=True) == static_split(domains, budgets)
