@@ -228,6 +228,11 @@ class DomainStatus(StatusModel):
         default=None, description="Watts committed outside budgets: idle, unmanaged and other domains' GPUs."
     )
     committed: CommittedWatts | None = Field(default=None, description="The committed watts by kind.")
+    held_watts: float | None = Field(
+        default=None,
+        description="What every GPU on the domain's nodes holds now, by the agents' reports (a GPU not "
+        "reported counts at its maximum); Overcommitted when above totalWatts.",
+    )
     floor_watts: float | None = Field(
         default=None, description="What the floors of the budgets under the domain need together."
     )

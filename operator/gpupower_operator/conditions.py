@@ -17,9 +17,21 @@ BUDGET_BINDING = "BudgetBinding"
 INFEASIBLE = "Infeasible"
 CONFLICT = "Conflict"
 ENFORCEMENT_STALLED = "EnforcementStalled"
+# Budgets of a power domain only.
+DOMAIN_ADMITTED = "DomainAdmitted"
+OUTSIDE_DOMAIN = "OutsideDomain"
 
 # The order conditions are listed in status.
-ORDER = (READY, TARGETS_RESOLVED, BUDGET_BINDING, INFEASIBLE, CONFLICT, ENFORCEMENT_STALLED)
+ORDER = (
+    READY,
+    TARGETS_RESOLVED,
+    BUDGET_BINDING,
+    INFEASIBLE,
+    CONFLICT,
+    ENFORCEMENT_STALLED,
+    DOMAIN_ADMITTED,
+    OUTSIDE_DOMAIN,
+)
 
 # Ready
 REASON_ENFORCED = "Enforced"
@@ -46,6 +58,10 @@ REASON_PODS_UNCONFIRMED = "PodsUnconfirmed"
 REASON_AWAITING_CONFIRMATION = "AwaitingConfirmation"
 REASON_CONFIRMED = "AllConfirmed"
 REASON_NOT_ENFORCING = "NotEnforcing"
+# OutsideDomain
+REASON_PODS_OUTSIDE_DOMAIN = "PodsOutsideDomain"
+REASON_ALL_INSIDE = "AllPodsInside"
+REASON_DOMAIN_UNKNOWN = "DomainNodesUnknown"
 
 
 @dataclass(frozen=True)

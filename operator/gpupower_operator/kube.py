@@ -1,4 +1,4 @@
-"""The Kubernetes calls kopf does not make for us: ``/scale``, pod annotations, budget status.
+"""The Kubernetes calls kopf does not make for us: ``/scale``, pod annotations, budget and domain status.
 
 A small :class:`Cluster` interface and its real implementation over
 kubernetes-asyncio. Raw API objects stop here: callers get
@@ -14,6 +14,7 @@ import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from gpupower_api.domains import PLURAL as DOMAIN_PLURAL
 from gpupower_api.models import GROUP, PLURAL, VERSION, WorkloadRef
 from gpupower_operator import conditions as cond
 from gpupower_operator.reconcile import WorkloadMissing, WorkloadState
@@ -33,6 +34,8 @@ class Cluster(Protocol):
     async def patch_budget_status(
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]: ...
+
+    async def patch_domain_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]: ...
 
 
 async def load_configuration() -> client.Configuration:
@@ -166,4 +169,8 @@ class KubeCluster:
 
     async def patch_budget_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        return await self._call(path, "PATCH", {"status": status})
+
+    async def patch_domain_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        path = f"/apis/{GROUP}/{VERSION}/{DOMAIN_PLURAL}/{name}/status"
         return await self._call(path, "PATCH", {"status": status})

@@ -15,6 +15,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from gpupower_api.domains import DomainSpec, DomainStatus
 from gpupower_api.models import BudgetStatus, ConditionStatus, TargetStatus
 
 _BUDGET_LABELS = ("namespace", "budget")
@@ -114,6 +115,7 @@ class OperatorMetrics:
             "1 while this replica is the active one (holds the Lease, or runs standalone), 0 on standby.",
             registry=r,
         )
+        self.domains = DomainMetrics(r)
 
     def record_status(self, namespace: str, name: str, status: BudgetStatus) -> None:
         labels = (namespace, name)
@@ -183,6 +185,117 @@ class OperatorMetrics:
         self._record_targets(namespace, name, BudgetStatus())
         self._conditions.pop((namespace, name), None)
         self._targets.pop((namespace, name), None)
+
+
+class DomainMetrics:
+    """Per power domain: its limit, what its GPUs hold, the committed and allocated watts, conditions."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.allocation_seconds = Histogram(
+            "gpupower_domain_allocation_duration_seconds",
+            "Time to decide one allocation round of every domain.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        domain = ("domain",)
+        self.gauges: dict[str, tuple[Gauge, Callable[[DomainStatus], float | None]]] = {
+            name: (Gauge(f"gpupower_domain_{name}", help_text, domain, registry=r), read)
+            for name, help_text, read in _DOMAIN_SERIES
+        }
+        self.limit_watts = Gauge(
+            "gpupower_domain_limit_watts",
+            "The domain's totalWatts: the limit of all its GPUs.",
+            domain,
+            registry=r,
+        )
+        self.committed_watts = Gauge(
+            "gpupower_domain_committed_watts",
+            "Watts committed outside the domain's budgets, by kind (idle, unmanaged, other_domains).",
+            ("domain", "kind"),
+            registry=r,
+        )
+        self.budget_allocated_watts = Gauge(
+            "gpupower_domain_budget_allocated_watts",
+            "Watts the domain allocates a budget that draws from it directly.",
+            ("domain", "namespace", "budget"),
+            registry=r,
+        )
+        self.condition = Gauge(
+            "gpupower_domain_condition",
+            "1 for the status a domain's condition has (True, False or Unknown), 0 for the other two.",
+            ("domain", "type", "status"),
+            registry=r,
+        )
+        self._budgets: dict[str, set[tuple[str, str]]] = {}
+        self._conditions: dict[str, set[str]] = {}
+
+    def record(self, name: str, spec: DomainSpec | None, status: DomainStatus) -> None:
+        if spec is not None:
+            self.limit_watts.labels(name).set(spec.total_watts)
+        for gauge, read in self.gauges.values():
+            value = read(status)
+            if value is None:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
+            else:
+                gauge.labels(name).set(value)
+        if status.committed is not None:
+            for kind, watts in (
+                ("idle", status.committed.idle_watts),
+                ("unmanaged", status.committed.unmanaged_watts),
+                ("other_domains", status.committed.other_domains_watts),
+            ):
+                self.committed_watts.labels(name, kind).set(watts)
+        shares = {(a.namespace, a.name): a.allocated_watts for a in status.allocations}
+        for gone in self._budgets.get(name, set()) - set(shares):
+            with contextlib.suppress(KeyError):
+                self.budget_allocated_watts.remove(name, *gone)
+        for (namespace, budget), allocated in shares.items():
+            self.budget_allocated_watts.labels(name, namespace, budget).set(allocated)
+        self._budgets[name] = set(shares)
+        types = {c.type for c in status.conditions}
+        for gone_type in self._conditions.get(name, set()) - types:
+            for text in _CONDITION_STATUSES:
+                with contextlib.suppress(KeyError):
+                    self.condition.remove(name, gone_type, text)
+        for condition in status.conditions:
+            for text in _CONDITION_STATUSES:
+                self.condition.labels(name, condition.type, text).set(
+                    1.0 if condition.status.value == text else 0.0
+                )
+        self._conditions[name] = types
+
+    def forget(self, name: str) -> None:
+        self.record(name, None, DomainStatus())
+        for gauge in (self.limit_watts, *(g for g, _ in self.gauges.values())):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+        for kind in ("idle", "unmanaged", "other_domains"):
+            with contextlib.suppress(KeyError):
+                self.committed_watts.remove(name, kind)
+        self._budgets.pop(name, None)
+        self._conditions.pop(name, None)
+
+
+# name (after gpupower_domain_), help, how to read it from a domain's status.
+_DOMAIN_SERIES: tuple[tuple[str, str, Callable[[DomainStatus], float | None]], ...] = (
+    (
+        "held_watts",
+        "What every GPU on the domain's nodes holds, by the agents' reports.",
+        lambda s: s.held_watts,
+    ),
+    ("allocated_watts", "Watts allocated to the budgets under the domain.", lambda s: s.allocated_watts),
+    ("floor_watts", "What the floors of the budgets under the domain need.", lambda s: s.floor_watts),
+    (
+        "planned_watts",
+        "Watts of the current plans of the budgets under the domain.",
+        lambda s: s.planned_watts,
+    ),
+    ("headroom_watts", "The limit less committed and allocated watts.", lambda s: s.headroom_watts),
+    ("nodes", "Nodes in the domain, its children's included.", lambda s: s.nodes),
+    ("gpus", "GPUs on the domain's nodes.", lambda s: s.gpus),
+)
 
 
 # name (after gpupower_operator_target_), help, how to read it from a target's status.

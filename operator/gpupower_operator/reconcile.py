@@ -49,6 +49,7 @@ from gpupower_api.contract import (
     format_power_limit,
 )
 from gpupower_api.models import (
+    BudgetDomainStatus,
     BudgetSpec,
     BudgetStatus,
     ConditionStatus,
@@ -161,6 +162,18 @@ class Observed:
     enforcement_timeout_seconds: float = DEFAULT_ENFORCEMENT_TIMEOUT_SECONDS
     # Oversubscribed budgets: each target's draw-guard record, updated for this reconcile by the shell.
     guard_memory: Mapping[str, GuardMemory] = field(default_factory=dict)
+    # A budget of a power domain: its share, as the shell got it from the domain allocation.
+    domain: DomainContext | None = None
+
+
+@dataclass(frozen=True)
+class DomainContext:
+    """What a budget's domain gave it: the share for its status, and what the reconcile checks."""
+
+    status: BudgetDomainStatus
+    admitted: cond.ConditionUpdate  # DomainAdmitted
+    nodes: frozenset[str] | None = None  # the domain's nodes; a pod bound elsewhere is OutsideDomain
+    waiting: str | None = None  # the grant is below the allocation: why, for Ready
 
 
 # ---------------------------------------------------------------------------
@@ -742,10 +755,16 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     )
     conflict = updates[-1]
     updates.append(stalled)
+    domain = observed.domain
+    if domain is not None:
+        updates.append(domain.admitted)
+        updates.append(_outside_domain(observed, target_pods, domain))
     if missing:
         ready = cond.false(cond.READY, cond.REASON_WORKLOAD_NOT_FOUND, updates[0].message)
     elif contested:
         ready = cond.false(cond.READY, cond.REASON_POD_OWNED_ELSEWHERE, conflict.message)
+    elif domain is not None and domain.admitted.status != ConditionStatus.TRUE:
+        ready = cond.false(cond.READY, domain.admitted.reason, domain.admitted.message)
     elif not plan.feasible:
         ready = cond.false(cond.READY, cond.REASON_FLOOR_EXCEEDS_BUDGET, updates[2].message)
     elif not enforce:
@@ -753,7 +772,11 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
             cond.READY, cond.REASON_ADVISORY, _plan_summary(plan) + " (advisory: nothing enforced)"
         )
     elif (
-        pending or unseen or (enforcement is not None and enforcement.held_raises) or pods_enforced < running
+        pending
+        or unseen
+        or (enforcement is not None and enforcement.held_raises)
+        or pods_enforced < running
+        or (domain is not None and domain.waiting)
     ):
         held = enforcement.held_raises if enforcement is not None else 0
         waiting = (
@@ -762,6 +785,8 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
             if enforcement is not None and held
             else ""
         )
+        if domain is not None and domain.waiting:
+            waiting = f"{domain.waiting}; {waiting}"
         ready = cond.false(
             cond.READY,
             cond.REASON_ENFORCING,
@@ -811,6 +836,7 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         replicas=f"{sum(t.planned_replicas for t in targets)}/{sum(t.desired_replicas for t in targets)}",
         reason=plan.reason,
         targets=targets,
+        domain=domain.status if domain is not None else None,
     )
 
     events: list[Event] = []
@@ -849,6 +875,36 @@ def cap_error(spec: BudgetSpec, plan: Plan) -> InvalidSpecError | None:
             field_name = f"spec.targets[{index}].capWatts.max"
             return InvalidSpecError(field_name, f"a per-GPU cap must be within 1..{MAX_CAP_WATTS} W")
     return None
+
+
+def _outside_domain(
+    observed: Observed, target_pods: Sequence[_TargetPods], domain: DomainContext
+) -> cond.ConditionUpdate:
+    """OutsideDomain: the budget's pods on nodes its domain does not cover (they count where they run)."""
+    name = domain.status.name
+    if domain.nodes is None:
+        return cond.false(
+            cond.OUTSIDE_DOMAIN, cond.REASON_DOMAIN_UNKNOWN, f"the nodes of domain {name} are not known"
+        )
+    outside = sorted(
+        f"{pod.name} on {pod.node_name}"
+        for found in target_pods
+        for pod in found.pods
+        if pod.node_name and pod.node_name not in domain.nodes
+    )
+    if not outside:
+        return cond.false(
+            cond.OUTSIDE_DOMAIN, cond.REASON_ALL_INSIDE, f"every pod runs on a node of domain {name}"
+        )
+    shown = ", ".join(outside[:MAX_NAMED_CONFLICTS])
+    more = len(outside) - MAX_NAMED_CONFLICTS
+    return cond.true(
+        cond.OUTSIDE_DOMAIN,
+        cond.REASON_PODS_OUTSIDE_DOMAIN,
+        f"pod(s) {shown}{f' and {more} more' if more > 0 else ''} run on nodes domain {name} does not cover: "
+        "they keep their caps and count against the domain of the node they run on; pin the pods to the "
+        "domain's nodes (nodeSelector or affinity)",
+    )
 
 
 def reconcile_invalid(
