@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo   - install, then run the operator and agents on a local control plane with simulated GPUs"
 	@echo "make test   - install, lint, and run every test (unit, property, end-to-end on a real API server)"
-	@echo "make crds   - regenerate crds/gpupowerbudgets.yaml from the API models"
+	@echo "make crds   - regenerate the CRDs in crds/ from the API models"
 	@echo "make bench  - run the benchmarks under bench/"
 
 $(STAMP): pyproject.toml
@@ -27,6 +27,7 @@ install: $(STAMP)
 
 crds: $(STAMP)
 	$(PY) -m gpupower_api.crd crds/gpupowerbudgets.yaml
+	$(PY) -m gpupower_api.crd --kind gpupowerprofileruns crds/gpupowerprofileruns.yaml
 
 docs: $(STAMP)
 	$(PY) -m gpupower_api.reference README.md

@@ -17,10 +17,11 @@ def control_plane() -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="session")
 def crd_installed(control_plane: ControlPlane) -> ControlPlane:
-    """The generated CRD applied to the control plane and established."""
-    crd = Path(__file__).resolve().parents[1] / "crds" / "gpupowerbudgets.yaml"
-    control_plane.kubectl("apply", "-f", str(crd))
-    control_plane.wait_established("gpupowerbudgets.gpupower.dev")
+    """The generated CRDs applied to the control plane and established."""
+    crds = Path(__file__).resolve().parents[1] / "crds"
+    for plural in ("gpupowerbudgets", "gpupowerprofileruns"):
+        control_plane.kubectl("apply", "-f", str(crds / f"{plural}.yaml"))
+        control_plane.wait_established(f"{plural}.gpupower.dev")
     return control_plane
 
 
