@@ -90,6 +90,15 @@ class Grant:
     target_name: str
     selector: Selector
     cap_watts: int
+    # While a profile run measures one pod of the target: that pod's name and the cap it alone gets.
+    measured_pod: str | None = None
+    measured_cap_watts: int | None = None
+
+    def cap_for(self, pod_name: str) -> int:
+        """The grant of one selected pod: the measured pod's own cap, every other pod the target's."""
+        if self.measured_cap_watts is not None and pod_name == self.measured_pod:
+            return self.measured_cap_watts
+        return self.cap_watts
 
 
 @dataclass(frozen=True)
@@ -251,7 +260,16 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
                     str(error),
                 )
                 continue
-            grants.append(Grant(target_name=target.name, selector=selector, cap_watts=target.cap_watts))
+            measurement = target.measurement
+            grants.append(
+                Grant(
+                    target_name=target.name,
+                    selector=selector,
+                    cap_watts=target.cap_watts,
+                    measured_pod=measurement.pod if measurement is not None else None,
+                    measured_cap_watts=measurement.cap_watts if measurement is not None else None,
+                )
+            )
     return BudgetView(
         namespace=namespace,
         name=name,

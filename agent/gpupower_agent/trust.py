@@ -14,6 +14,9 @@ target's cap is the pod's *grant*. Then:
   grant and the safe default, with a warning (untrusted).
 
 So a selected pod never holds more than its grant, whatever it writes on itself.
+While a profile run measures one pod of a target, the budget's status grants
+that pod (by name, in ``targets[].measurement``) its own cap; that is then its
+grant, and only its: the other pods of the target keep the target's.
 
 A pod that no Enforce budget selects is managed only if it carries the
 annotations (a pod the operator has not released yet, or one claiming a cap):
@@ -100,7 +103,7 @@ def _safe_default(budget: BudgetView | None, agent_default_watts: int) -> int:
 
 
 def _highest_grant(budget: BudgetView, pod: PodView) -> int | None:
-    caps = [grant.cap_watts for grant in budget.grants if grant.selector.matches(pod.labels)]
+    caps = [grant.cap_for(pod.key.name) for grant in budget.grants if grant.selector.matches(pod.labels)]
     return max(caps) if caps else None
 
 
