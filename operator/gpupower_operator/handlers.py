@@ -38,12 +38,13 @@ from gpupower_api.contract import (
 )
 from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetStatus, InvalidSpecError, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
-from gpupower_operator import inventory
+from gpupower_operator import inventory, sweep
 from gpupower_operator import reconcile as rc
 from gpupower_operator.index import BudgetKey, PodIndex, SelectorIndex
 from gpupower_operator.kube import Cluster
+from gpupower_operator.measurements import MeasurementBoard
 from gpupower_operator.metrics import OperatorMetrics
-from gpupower_operator.planner import plan, problem_from_spec
+from gpupower_operator.planner import Plan, Problem, plan, problem_from_spec
 from gpupower_operator.signals import SignalSource
 
 log = logging.getLogger("gpupower_operator")
@@ -170,6 +171,8 @@ class Runtime:
         self.enforcement_timeout_seconds = enforcement_timeout_seconds
         self.unconfirmed_since: dict[BudgetKey, dict[str, float]] = {}
         self.monotonic = monotonic
+        # The pods profile runs measure, and the budgets' answers to the caps they ask for.
+        self.board = MeasurementBoard()
 
     def wake(self, keys: set[BudgetKey] | list[BudgetKey]) -> None:
         for key in keys:
@@ -403,14 +406,14 @@ class Runtime:
             else None
         )
         try:
-            the_plan = plan(
-                problem_from_spec(
-                    spec,
-                    cap_ranges=inventory.cap_ranges(ranges),
-                    demand=signals.demand() if signals is not None else None,
-                    corrections=signals.corrections() if signals is not None else None,
-                )
+            problem = problem_from_spec(
+                spec,
+                cap_ranges=inventory.cap_ranges(ranges),
+                demand=signals.demand() if signals is not None else None,
+                corrections=signals.corrections() if signals is not None else None,
             )
+            the_plan = plan(problem)
+            the_plan, measurements = self._plan_around_measurements(key, problem, the_plan)
         except (ValueError, ArithmeticError) as error:
             log.warning("plan failed budget=%s/%s error=%s", namespace, name, error)
             self.metrics.errors.labels("plan_failed").inc()
@@ -459,8 +462,25 @@ class Runtime:
             },
             unconfirmed_seconds={pod: clock - since for pod, since in waiting_since.items()},
             enforcement_timeout_seconds=self.enforcement_timeout_seconds,
+            measurements=measurements,
         )
         return rc.reconcile(observed, the_plan, now)
+
+    def _plan_around_measurements(
+        self, key: BudgetKey, problem: Problem, the_plan: Plan
+    ) -> tuple[Plan, dict[str, rc.MeasuredPod]]:
+        """The plan around the pod a profile run measures when the budget can hold its cap, else the plan."""
+        measurements: dict[str, rc.MeasuredPod] = {}
+        # One run measures a budget at a time (the board sees to it), so one reservation at most.
+        for target, measured in self.board.requested(key).items():
+            reservation = sweep.Reservation(target, measured.cap_watts)
+            around = sweep.plan_around(problem, reservation) if the_plan.feasible else None
+            message = "" if around is not None else sweep.over_budget_message(problem, reservation)
+            self.board.answer(key, target, sweep.Verdict(measured.cap_watts, around is not None, message))
+            if around is not None:
+                the_plan = around
+                measurements[target] = measured
+        return the_plan, measurements
 
     async def _apply(self, key: BudgetKey, body: dict[str, Any], outcome: rc.Outcome) -> None:
         namespace, name = key
