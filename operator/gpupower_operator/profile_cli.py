@@ -445,7 +445,6 @@ def measure_command(
             edited = budgetfile.with_profile(str(into), _read(into), profile_block, target, budget)
             _write_atomically(into, edited)
             err.print(f"wrote the measured profile into {into} (target {target})", markup=False)
-            return
     except InvalidSpecError as error:
         _fail(f"--{_flag(error.field)}: {error.errors[0][1]}")
     except (ProfileInputError, MeasureError, budgetfile.BudgetFileError) as error:
