@@ -405,7 +405,7 @@ def _level_event(level: LevelStatus, unit: str) -> Event:
 
 
 def _judge(level: LevelStatus, reading: Reading, now: float, unit: str) -> LevelStatus:
-    """A hold's reading: Recorded only when every saturation sample was above 0."""
+    """A hold's reading: Recorded only when every saturation sample was above 0 (their lowest too)."""
     facts = {
         "throughput": None if reading.throughput is None else round(reading.throughput, 6),
         "observed_watts": None if reading.observed_watts is None else round(reading.observed_watts, 1),
@@ -417,12 +417,12 @@ def _judge(level: LevelStatus, reading: Reading, now: float, unit: str) -> Level
         return _end_level(
             level, now, LevelPhase.UNSATURATED, "no saturation samples over the hold: left out", **facts
         )
-    if reading.saturated_samples < reading.samples:
+    if reading.saturation <= 0 or reading.saturated_samples < reading.samples:
         return _end_level(
             level,
             now,
             LevelPhase.UNSATURATED,
-            f"saturated in {reading.saturated_samples} of {reading.samples} samples: the pod served the "
+            f"saturated in {min(reading.saturated_samples, reading.samples)} of {reading.samples} samples: the pod served the "
             "load it got, not what it can serve; left out",
             **facts,
         )
@@ -510,12 +510,13 @@ def advance(spec: RunSpec, status: RunStatus, generation: int | None, now: float
         read = False
         if level.phase is LevelPhase.PENDING:
             level = level.model_copy(update={"phase": LevelPhase.GRANTING, "granted_at": rfc3339(now)})
+        verdict = seen.verdict
+        if verdict is not None and verdict.cap_watts == level.cap_watts and not verdict.fits:
+            # Refused when granted, or later (the budget was lowered): the pod is back on the plan.
+            level = _end_level(level, now, LevelPhase.OVER_BUDGET, verdict.message)
         if level.phase is LevelPhase.GRANTING:
-            verdict = seen.verdict
             granted_at = seconds_of(level.granted_at) or now
-            if verdict is not None and verdict.cap_watts == level.cap_watts and not verdict.fits:
-                level = _end_level(level, now, LevelPhase.OVER_BUDGET, verdict.message)
-            elif (
+            if (
                 pod.held_watts == level.cap_watts
                 and verdict is not None
                 and verdict.cap_watts == level.cap_watts
