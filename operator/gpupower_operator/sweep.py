@@ -422,8 +422,8 @@ def _judge(level: LevelStatus, reading: Reading, now: float, unit: str) -> Level
             level,
             now,
             LevelPhase.UNSATURATED,
-            f"saturated in {min(reading.saturated_samples, reading.samples)} of {reading.samples} samples: the pod served the "
-            "load it got, not what it can serve; left out",
+            f"saturated in {min(reading.saturated_samples, reading.samples)} of {reading.samples} samples: "
+            "the pod served the load it got, not what it can serve; left out",
             **facts,
         )
     if reading.throughput is None or not math.isfinite(reading.throughput) or reading.throughput < 0:

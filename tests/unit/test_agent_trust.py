@@ -375,24 +375,29 @@ def test_budget_view_reads_its_age() -> None:
 
 
 def test_a_measured_pod_gets_its_own_grant_and_only_it() -> None:
+    target = {
+        "name": "decode",
+        "workloadRef": {"name": "d"},
+        "maxReplicas": 4,
+        "capWatts": {"min": 200, "max": 400},
+        "profile": {"points": [{"watts": 200, "throughput": 1}]},
+    }
+    planned = {
+        "name": "decode",
+        "selector": "app=llm,role=decode",
+        "desiredReplicas": 3,
+        "plannedReplicas": 3,
+        "capWatts": 250,
+        "projectedWatts": 1000,
+        "capacity": 3,
+        "servedFraction": 1,
+        "measurement": {"pod": "measured", "capWatts": 500, "run": "sweep"},
+    }
     raw = {
         "metadata": {"name": "llm", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {
-            "totalWatts": 2000,
-            "safeDefaultWatts": 200,
-            "targets": [
-                {"name": "decode", "workloadRef": {"name": "d"}, "maxReplicas": 4, "capWatts": {"min": 200, "max": 400},
-                 "profile": {"points": [{"watts": 200, "throughput": 1}]}}
-            ],
-        },
-        "status": {
-            "targets": [
-                {"name": "decode", "selector": "app=llm,role=decode", "desiredReplicas": 3, "plannedReplicas": 3,
-                 "capWatts": 250, "projectedWatts": 1000, "capacity": 3, "servedFraction": 1,
-                 "measurement": {"pod": "measured", "capWatts": 500, "run": "sweep"}}
-            ]
-        },
-    }  # fmt: skip
+        "spec": {"totalWatts": 2000, "safeDefaultWatts": 200, "targets": [target]},
+        "status": {"targets": [planned]},
+    }
     index = budgets(budget_view(raw))
 
     def cap_of(name: str, value: str) -> tuple[Verdict, int]:
