@@ -11,6 +11,7 @@ rules the models carry (``x-kubernetes-validations``) kept.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -222,55 +223,30 @@ RUN_PRINTER_COLUMNS = [
 
 
 def build_profile_run_crd() -> dict[str, Any]:
-    """The GpuPowerProfileRun CustomResourceDefinition as a dict."""
+    """The GpuPowerProfileRun CRD as a dict: the budget's, with its own names, columns and schema."""
+    crd = copy.deepcopy(build_crd())
     status = model_schema(profilerun.RunStatus)
     status["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
     status["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{profilerun.RUN_PLURAL}.{GROUP}",
-            "annotations": {"argocd.argoproj.io/sync-wave": "-1"},
-            "labels": {"app.kubernetes.io/name": "gpupower", "app.kubernetes.io/component": "crd"},
-        },
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": profilerun.RUN_KIND,
-                "listKind": f"{profilerun.RUN_KIND}List",
-                "plural": profilerun.RUN_PLURAL,
-                "singular": profilerun.RUN_SINGULAR,
-                "shortNames": [profilerun.RUN_SHORT_NAME],
-                "categories": ["gpupower"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": RUN_PRINTER_COLUMNS,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A sweep of one pod of a budget's target through per-GPU caps, "
-                            "measuring its profile; deleting it cancels the sweep.",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": model_schema(profilerun.RunSpec),
-                                "status": status,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
+    crd["metadata"]["name"] = f"{profilerun.RUN_PLURAL}.{GROUP}"
+    crd["spec"]["names"] = {
+        "kind": profilerun.RUN_KIND,
+        "listKind": f"{profilerun.RUN_KIND}List",
+        "plural": profilerun.RUN_PLURAL,
+        "singular": profilerun.RUN_SINGULAR,
+        "shortNames": [profilerun.RUN_SHORT_NAME],
+        "categories": ["gpupower"],
     }
+    version = crd["spec"]["versions"][0]
+    version["additionalPrinterColumns"] = RUN_PRINTER_COLUMNS
+    schema = version["schema"]["openAPIV3Schema"]
+    schema["description"] = (
+        "A sweep of one pod of a budget's target through per-GPU caps, measuring its profile; "
+        "deleting it cancels the sweep."
+    )
+    schema["properties"]["spec"] = model_schema(profilerun.RunSpec)
+    schema["properties"]["status"] = status
+    return crd
 
 
 RUN_HEADER = (

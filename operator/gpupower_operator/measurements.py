@@ -303,7 +303,7 @@ class Measurements:
     ) -> None:
         """Step one run's sweep until it ends or the run is deleted; release its pod either way."""
         await self.runtime.pods_synced.wait()
-        status = parse_run_status(dict(body.get("status") or {}))
+        status = sweep.resumed(parse_run_status(dict(body.get("status") or {})))
         granted: BudgetKey | None = None
         try:
             while not stopped:

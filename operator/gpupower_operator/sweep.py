@@ -440,6 +440,20 @@ def _judge(level: LevelStatus, reading: Reading, now: float, unit: str) -> Level
     )
 
 
+def resumed(status: RunStatus) -> RunStatus:
+    """A run picked up again (the operator restarted): the level it was in is measured again from its grant.
+
+    Until the new process grants the pod its cap again, the budget may have put it
+    back on the plan, so what was read of that level so far may be of another cap.
+    """
+    if status.phase is not RunPhase.RUNNING:
+        return status
+    levels = [
+        level if level.phase.done else LevelStatus(cap_watts=level.cap_watts) for level in status.levels
+    ]
+    return status.model_copy(update={"levels": levels})
+
+
 def advance(spec: RunSpec, status: RunStatus, generation: int | None, now: float, seen: Seen) -> Step:
     """One step of the sweep: the new status, the grant for the pod, and what the shell does next."""
     events: list[Event] = []

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gpupower_agent.cluster import PodKey, PodView, budget_view
 from gpupower_agent.trust import BudgetIndex, Verdict, pod_cap
 from gpupower_api.contract import HeldWatts, format_power_limit
-from gpupower_api.models import PrometheusSpec, parse_spec
+from gpupower_api.models import PrometheusSpec, Target, parse_spec
 from gpupower_api.profilerun import LevelPhase, RunPhase, RunSpec, RunStatus
 from gpupower_operator import reconcile as rc
 from gpupower_operator import sweep
@@ -354,24 +354,22 @@ def test_whatever_happens_a_level_is_recorded_only_when_saturated_throughout_and
 # The queries
 
 
+def decode_target(**extra: Any) -> Target:
+    """A decode target of a small budget, with ``extra`` fields."""
+    target = {
+        "name": "decode",
+        "workloadRef": {"name": "decode"},
+        "maxReplicas": 3,
+        "profile": {"points": [{"watts": 200, "throughput": 1}, {"watts": 400, "throughput": 2}]},
+        **extra,
+    }
+    return parse_spec({"totalWatts": 1000, "safeDefaultWatts": 200, "targets": [target]}).targets[0]
+
+
 def test_the_preset_gives_the_pods_throughput_and_waiting_requests_over_the_hold() -> None:
-    spec = parse_spec(
-        {
-            "totalWatts": 1000,
-            "safeDefaultWatts": 200,
-            "targets": [
-                {
-                    "name": "decode",
-                    "workloadRef": {"name": "decode"},
-                    "maxReplicas": 3,
-                    "profile": {"points": [{"watts": 200, "throughput": 1}, {"watts": 400, "throughput": 2}]},
-                    "preset": {"engine": "vllm", "windowSeconds": 120},
-                }
-            ],
-        }
-    )
+    target = decode_target(preset={"engine": "vllm", "windowSeconds": 120})
     run = RunSpec(budget="llm", target="decode", caps_watts=[300], hold_seconds=45)
-    queries = sweep.level_queries(run, spec.targets[0], "inference", "decode-7d9-x.1", PrometheusSpec())
+    queries = sweep.level_queries(run, target, "inference", "decode-7d9-x.1", PrometheusSpec())
     assert queries.throughput == (
         'sum(rate(vllm:request_success_total{namespace="inference",pod=~"decode-7d9-x\\\\.1"}[45s]))'
     )
@@ -382,30 +380,17 @@ def test_the_preset_gives_the_pods_throughput_and_waiting_requests_over_the_hold
 
 
 def test_queries_of_the_run_fill_in_the_pod_and_the_window_and_a_target_without_preset_needs_them() -> None:
-    spec = parse_spec(
-        {
-            "totalWatts": 1000,
-            "safeDefaultWatts": 200,
-            "targets": [
-                {
-                    "name": "decode",
-                    "workloadRef": {"name": "decode"},
-                    "maxReplicas": 3,
-                    "profile": {"points": [{"watts": 200, "throughput": 1}]},
-                }
-            ],
-        }
-    )
+    target = decode_target()
     bare = RunSpec(budget="llm", target="decode", caps_watts=[300])
     with pytest.raises(sweep.QueryError, match=r"spec\.throughputQuery"):
-        sweep.level_queries(bare, spec.targets[0], "ns", "p", PrometheusSpec())
+        sweep.level_queries(bare, target, "ns", "p", PrometheusSpec())
     given_queries = bare.model_copy(
         update={
             "throughput_query": 'sum(rate(done_total{namespace="$namespace",pod="$pod"}[$window]))',
             "saturation_query": 'sum(queue{pod="$pod"})',
         }
     )
-    queries = sweep.level_queries(given_queries, spec.targets[0], "ns", "p-1", PrometheusSpec())
+    queries = sweep.level_queries(given_queries, target, "ns", "p-1", PrometheusSpec())
     assert queries.throughput == 'sum(rate(done_total{namespace="ns",pod="p-1"}[60s]))'
     assert queries.samples == 'count_over_time((sum(queue{pod="p-1"}))[60s:1s])'
 
@@ -548,3 +533,13 @@ def test_the_measured_pods_own_annotation_never_takes_it_above_its_grant() -> No
     assert pod_cap(other, budgets, 200).verdict is Verdict.UNTRUSTED  # type: ignore[union-attr]
     measured = PodView(PodKey("ns", "decode-1"), "u", {"app": "decode"}, "llm", "300", False)
     assert pod_cap(measured, budgets, 200).cap_watts == 300  # type: ignore[union-attr]
+
+
+def test_a_run_picked_up_again_measures_its_current_level_again_from_the_grant() -> None:
+    status = _until(step(RunStatus(), START, seen()).status, START, 200)
+    assert status.levels[0].phase is LevelPhase.HOLDING
+    again = sweep.resumed(status)
+    assert again.levels[0].phase is LevelPhase.PENDING and again.levels[0].hold_started_at is None
+    assert step(again, START + 50, seen(held=200, verdict=200)).status.levels[0].phase is LevelPhase.SETTLING
+    finished = step(status, START + 44, seen(held=200, verdict=200, reading=SATURATED)).status
+    assert sweep.resumed(finished).levels[0] == finished.levels[0]

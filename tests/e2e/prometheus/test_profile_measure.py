@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from tests.e2e.budgetkit import expected_plan, get_budget, live_pods, wait_ready
 from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import OperatorProcess
 from tests.e2e.promkit import PodTraffic, PrometheusStack
+from tests.e2e.test_hardware_truth import Sampler
 from tests.envtest import REPO, ControlPlane, source_env, unique_name, wait_for
 from tests.workloads import gpu_deployment
 
@@ -144,32 +144,6 @@ class EngineExporter:
             raise AssertionError(f"the engine exporter failed: {self.error!r}") from self.error
 
 
-@dataclass
-class WattsSampler:
-    """The sum of what the GPUs of the namespace's running pods hold, every 50 ms."""
-
-    fleet: SimulatedFleet
-    namespace: str
-    samples: list[int] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> WattsSampler:
-        def run() -> None:
-            while not self._stop.is_set():
-                self.samples.append(self.fleet.running_watts(self.namespace))
-                self._stop.wait(0.05)
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
 @pytest.fixture
 def ns(crd_installed: ControlPlane, namespace: str, prometheus_stack: PrometheusStack) -> Iterator[str]:
     yield namespace
@@ -225,7 +199,7 @@ def test_measure_finds_the_hidden_curve_within_the_budget_and_leaves_out_what_it
     budget_file = tmp_path / "budget.yaml"
     budget_file.write_text("# the llm budget, as kept in git\n" + yaml.safe_dump(doc, sort_keys=False))
     caps = [200, UNSATURATED_AT, 300, 400, 700]
-    with EngineExporter(fleet, prometheus_stack, ns), WattsSampler(fleet, ns) as sampler:
+    with EngineExporter(fleet, prometheus_stack, ns), Sampler(fleet, ns) as sampler:
         started = time.monotonic()
         result = gpupower(
             cp,
@@ -238,7 +212,7 @@ def test_measure_finds_the_hidden_curve_within_the_budget_and_leaves_out_what_it
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{operator.log_tail(60)}"
     print(result.stderr, f"took {took:.1f}s")
     # What the GPUs held never passed the budget, while the sweep moved the fleet around its pod.
-    assert sampler.samples and max(sampler.samples) <= TOTAL_WATTS, max(sampler.samples)
+    assert sampler.fleet_watts and max(sampler.fleet_watts) <= TOTAL_WATTS, max(sampler.fleet_watts)
 
     runs = cp.get_json("gpr", "-n", ns)["items"]
     assert len(runs) == 1
@@ -307,6 +281,22 @@ def test_measure_finds_the_hidden_curve_within_the_budget_and_leaves_out_what_it
     } <= reasons
 
 
+def run_doc(ns: str, name: str, **spec: Any) -> dict[str, Any]:
+    """A GpuPowerProfileRun of the llm budget's decode target, reading the test exporter's series."""
+    return {
+        "apiVersion": "gpupower.dev/v1alpha1",
+        "kind": "GpuPowerProfileRun",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "budget": "llm",
+            "target": "decode",
+            "throughputQuery": THROUGHPUT_QUERY,
+            "saturationQuery": SATURATION_QUERY,
+            **spec,
+        },
+    }
+
+
 def _run(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
     return cp.get_json("gpr", name, "-n", ns)
 
@@ -331,21 +321,8 @@ def test_deleting_a_run_puts_the_pod_back_on_the_plan_at_once(
     doc = budget_doc(ns)
     settled_fleet(cp, fleet, ns, doc)
     normal = expected_plan(doc).target("decode")
-    run = {
-        "apiVersion": "gpupower.dev/v1alpha1",
-        "kind": "GpuPowerProfileRun",
-        "metadata": {"name": "sweep", "namespace": ns},
-        "spec": {
-            "budget": "llm",
-            "target": "decode",
-            "capsWatts": [400],
-            "settleSeconds": 0,
-            "holdSeconds": 600,
-            "throughputQuery": THROUGHPUT_QUERY,
-            "saturationQuery": SATURATION_QUERY,
-        },
-    }
-    with WattsSampler(fleet, ns) as sampler:
+    run = run_doc(ns, "sweep", capsWatts=[400], settleSeconds=0, holdSeconds=600)
+    with Sampler(fleet, ns) as sampler:
         cp.apply(run)
         level = _level(cp, ns, "sweep")
         wait_for(
@@ -367,7 +344,7 @@ def test_deleting_a_run_puts_the_pod_back_on_the_plan_at_once(
         )
         back_after = time.monotonic() - deleted
     assert back_after < 5, f"the pod went back on the plan {back_after:.1f}s after the run was deleted"
-    assert max(sampler.samples) <= TOTAL_WATTS
+    assert max(sampler.fleet_watts) <= TOTAL_WATTS
     wait_for(
         lambda: "measurement" not in get_budget(cp, ns, "llm")["status"]["targets"][0],
         timeout=10,
@@ -394,20 +371,7 @@ def test_a_sweep_never_runs_on_an_advisory_budget(
     assert "--budget: budget llm is Advisory" in result.stderr, result.stderr
     assert not cp.get_json("gpr", "-n", ns)["items"], "the command must not create a run it knows will fail"
     # A run made by hand fails with a condition that says why, and grants nothing.
-    cp.apply(
-        {
-            "apiVersion": "gpupower.dev/v1alpha1",
-            "kind": "GpuPowerProfileRun",
-            "metadata": {"name": "by-hand", "namespace": ns},
-            "spec": {
-                "budget": "llm",
-                "target": "decode",
-                "capsWatts": [300],
-                "throughputQuery": THROUGHPUT_QUERY,
-                "saturationQuery": SATURATION_QUERY,
-            },
-        }
-    )
+    cp.apply(run_doc(ns, "by-hand", capsWatts=[300]))
 
     def failed() -> dict[str, Any] | None:
         status = _run(cp, ns, "by-hand").get("status") or {}
