@@ -112,6 +112,9 @@ bench: install envtest nvmlstub
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_rss.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_latency.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/operator_scale.py
+	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/new_replica_cap.py
+	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/guard_reaction.py
+	$(PY) bench/oversubscription_value.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

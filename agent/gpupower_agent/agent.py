@@ -15,15 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpupower_agent import guard
 from gpupower_agent.cluster import BudgetView, PodKey, PodView
 from gpupower_agent.mapping import Assignments, GpuMapping, MappingError, resolve
 from gpupower_agent.metrics import AgentMetrics
 from gpupower_agent.nvml import Gpu, NvmlError, PowerControl
-from gpupower_agent.policy import Action, GpuDecision, GpuSnapshot, NodePlan, Reason, plan_node
+from gpupower_agent.policy import Action, GpuDecision, GpuSnapshot, NodePlan, Reason, guarded, plan_node
 from gpupower_agent.powercapped import PodCondition, awaiting_devices, pod_conditions
 from gpupower_agent.state import CorruptStateError, load_state, save_state
 from gpupower_agent.trust import BudgetIndex, PodCap, Verdict, pod_cap
@@ -112,6 +113,7 @@ class Agent:
         state_file: Path | None,
         clock: Callable[[], float] = time.monotonic,
         device_wait_seconds: float = 300.0,
+        draw_guard: bool = True,
     ) -> None:
         self.node_name = node_name
         self.nvml = nvml
@@ -133,6 +135,11 @@ class Agent:
         self.device_wait_seconds = device_wait_seconds
         # Pods asking for GPUs the mapping does not show yet, and since when (by this agent's clock).
         self._awaiting_since: dict[PodKey, float] = {}
+        # The draw guard of each oversubscribed budget with GPUs here; until the first reading the agent
+        # cannot know what its GPUs drew before it started, so budgets seen at that reading start guarded.
+        self._guards: dict[tuple[str, str], guard.GuardState] = {}
+        self._guard_read_once = False
+        self.draw_guard = draw_guard
         for gpu in self._gpus.values():
             self.metrics.gpu_managed.labels(gpu.uuid, str(gpu.index)).set(0)
             limit = self._read_limit(gpu)
@@ -196,6 +203,10 @@ class Agent:
     def next_retry_at(self) -> float | None:
         return min((r.next_attempt for r in self._retries.values()), default=None)
 
+    def guarding(self) -> bool:
+        """Whether an oversubscribed budget has GPUs on this node (so its guard reads power every period)."""
+        return self.draw_guard and (bool(self._guards) or not self._guard_read_once)
+
     def looking_for_devices(self) -> bool:
         """Whether a pod still awaits its GPUs within the wait bound (so the mapping is read again soon)."""
         now = self._clock()
@@ -237,17 +248,29 @@ class Agent:
             )
             return None
 
-    async def reconcile(self, pods: Collection[PodView], budgets: Iterable[BudgetView]) -> Reconciled | None:
-        """One full pass over the node's GPUs; None when the GPU mapping has never been readable."""
+    async def reconcile(
+        self, pods: Collection[PodView], budgets: Iterable[BudgetView], guard_reading: bool = False
+    ) -> Reconciled | None:
+        """One full pass over the node's GPUs; None when the GPU mapping has never been readable.
+
+        ``guard_reading``: this pass is a reading period of the draw guard (the loop makes one a period).
+        """
         started = time.perf_counter()
         assignments = await self._read_assignments()
         if assignments is None:
             return None
+        budgets = list(budgets)
         on_gpu = resolve(assignments, pods)
         snapshots = [
             GpuSnapshot(gpu.uuid, gpu.constraints, self._read_limit(gpu)) for gpu in self._gpus.values()
         ]
-        plan = plan_node(snapshots, self._trust.caps(pods, budgets), on_gpu, self.managed)
+        caps = self._trust.caps(pods, budgets)
+        base = plan_node(snapshots, caps, on_gpu, self.managed)
+        current = {snapshot.uuid: snapshot.current_limit_watts for snapshot in snapshots}
+        limits_held = self._guard(base, {b.key: b for b in budgets}, guard_reading)
+        plan = NodePlan(
+            tuple(guarded(d, limits_held.get(d.uuid), current[d.uuid]) for d in base.decisions), base.pod_caps
+        )
         self._report(plan)
         limits = {s.uuid: s.current_limit_watts for s in snapshots}
         for decision in plan.decisions:
@@ -265,6 +288,100 @@ class Agent:
         self._track_awaiting(awaiting)
         self.metrics.reconcile_duration_seconds.observe(time.perf_counter() - started)
         return Reconciled(plan, conditions, awaiting)
+
+    def _guarded_gpus(
+        self, plan: NodePlan, oversubscribed: Mapping[tuple[str, str], BudgetView]
+    ) -> dict[tuple[str, str], list[tuple[GpuDecision, float]]]:
+        """Per oversubscribed budget, its capped GPUs here and each one's share (planned draw)."""
+        members: dict[tuple[str, str], list[tuple[GpuDecision, float]]] = {}
+        for decision in plan.decisions:
+            if decision.action is not Action.CAP or decision.target_watts is None or not decision.pods:
+                continue
+            pod_caps = [plan.pod_caps[key] for key in decision.pods]
+            owners = {cap.budget for cap in pod_caps}
+            owner = next(iter(owners)) if len(owners) == 1 else None
+            if owner is None or owner not in oversubscribed:
+                continue  # no budget, or pods of several budgets on one GPU: the caps alone hold it
+            shares = [cap.gpu_draw_watts for cap in pod_caps if cap.gpu_draw_watts is not None]
+            share = min(shares) if shares else float(decision.target_watts)
+            members.setdefault(owner, []).append((decision, min(share, float(decision.target_watts))))
+        return members
+
+    def _guard(
+        self, plan: NodePlan, budgets: Mapping[tuple[str, str], BudgetView], reading: bool
+    ) -> dict[str, int]:
+        """The draw guard's limits by GPU, after one reading period when ``reading`` (see ``guard``)."""
+        if not self.draw_guard:
+            return {}
+        oversubscribed = {key: b for key, b in budgets.items() if b.oversubscription is not None}
+        members = self._guarded_gpus(plan, oversubscribed)
+        now = self._clock()
+        limits: dict[str, int] = {}
+        for key in set(self._guards) - set(members):
+            del self._guards[key]
+            self.metrics.forget_guard(*key)
+        for key, gpus_of in members.items():
+            settings = oversubscribed[key].oversubscription
+            assert settings is not None
+            gpus = [
+                guard.GuardGpu(
+                    d.uuid,
+                    d.target_watts or 0,
+                    share,
+                    self._gpus[d.uuid].constraints.min_watts,
+                    self._read_power(d.uuid) if reading else None,
+                )
+                for d, share in gpus_of
+            ]
+            state = self._guards.get(key)
+            if state is None:
+                state = guard.starting(gpus) if not self._guard_read_once else guard.GuardState()
+                if state.engaged:
+                    self._guard_event(key, guard.GuardEvent.ENGAGED, gpus, state, None)
+            if reading:
+                result = guard.step(settings, gpus, state, now)
+                if result.event is not None:
+                    self._guard_event(key, result.event, gpus, result.state, result)
+                self.metrics.guard_draw_watts.labels(*key).set(result.draw_watts)
+                self.metrics.guard_share_watts.labels(*key).set(result.share_watts)
+                state = result.state
+            self._guards[key] = state
+            self.metrics.guard_engaged.labels(*key).set(1 if state.engaged else 0)
+            if state.engaged:
+                limits.update({gpu.uuid: guard.effective_limit(state, gpu) for gpu in gpus})
+        if reading:
+            self._guard_read_once = True
+        return limits
+
+    def _read_power(self, uuid: str) -> float | None:
+        try:
+            return self.nvml.power_usage_watts(uuid)
+        except NvmlError as error:
+            self.metrics.nvml_errors_total.labels(error.operation, error.kind.value).inc()
+            return None  # counts as drawing at its limit
+
+    def _guard_event(
+        self,
+        key: tuple[str, str],
+        event: guard.GuardEvent,
+        gpus: list[guard.GuardGpu],
+        state: guard.GuardState,
+        result: guard.GuardStep | None,
+    ) -> None:
+        if event is guard.GuardEvent.ENGAGED:
+            self.metrics.guard_engagements_total.labels(*key).inc()
+        held = sum(guard.effective_limit(state, gpu) for gpu in gpus)
+        log.info(
+            "event=guard_%s budget=%s/%s gpus=%d draw_watts=%s share_watts=%.0f limits_watts=%d why=%s",
+            event.value,
+            key[0],
+            key[1],
+            len(gpus),
+            f"{result.draw_watts:.0f}" if result is not None else "unknown",
+            sum(gpu.share_watts for gpu in gpus),
+            held,
+            "agent started: what its GPUs drew before is unknown" if result is None else "readings",
+        )
 
     def _report(self, plan: NodePlan) -> None:
         """Log and count what is new since the last reconcile (one line per change, not per tick)."""

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gpupower_api.contract import BUDGET_ANNOTATION, POWER_CAPPED_CONDITION, POWER_LIMIT_ANNOTATION
-from gpupower_api.models import BudgetStatus, InvalidSpecError, Mode, parse_spec
+from gpupower_api.models import BudgetStatus, InvalidSpecError, Mode, Oversubscription, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class Grant:
     target_name: str
     selector: Selector
     cap_watts: int
+    gpu_draw_watts: float | None = None  # oversubscribed: the draw guard's share of one GPU
     # While a profile run measures one pod of the target: that pod's name and the cap it alone gets.
     measured_pod: str | None = None
     measured_cap_watts: int | None = None
@@ -109,6 +110,11 @@ class BudgetView:
     grants: tuple[Grant, ...]
     advisory: bool = False  # mode Advisory: the plan is not enforced, so the agent ignores the budget
     created: str = ""  # creationTimestamp (RFC 3339 sorts in time): the oldest selecting budget manages a pod
+    oversubscription: Oversubscription | None = None  # the draw guard's settings, when oversubscribed
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
 
 
 def _metadata(raw: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping[str, Any]]:
@@ -225,11 +231,13 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
     """
     namespace, name, metadata = _metadata(raw, "gpupowerbudget")
     safe_default: int | None = None
+    oversubscription: Oversubscription | None = None
     spec = raw.get("spec")
     # Read apart from the validation: an invalid spec must not turn an Advisory budget into an enforcing one.
     advisory = isinstance(spec, Mapping) and spec.get("mode") == Mode.ADVISORY.value
     try:
-        safe_default = parse_spec(dict(spec) if isinstance(spec, Mapping) else {}).safe_default_watts
+        parsed = parse_spec(dict(spec) if isinstance(spec, Mapping) else {})
+        safe_default, oversubscription = parsed.safe_default_watts, parsed.oversubscription
     except InvalidSpecError as error:
         log.warning(
             "event=budget_spec_invalid budget=%s/%s field=%s error=%r",
@@ -266,6 +274,7 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
                     target_name=target.name,
                     selector=selector,
                     cap_watts=target.cap_watts,
+                    gpu_draw_watts=target.gpu_share_watts,
                     measured_pod=measurement.pod if measurement is not None else None,
                     measured_cap_watts=measurement.cap_watts if measurement is not None else None,
                 )
@@ -277,4 +286,5 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
         grants=tuple(grants),
         advisory=advisory,
         created=str(metadata.get("creationTimestamp") or ""),
+        oversubscription=oversubscription,
     )

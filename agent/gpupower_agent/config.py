@@ -42,6 +42,7 @@ class AgentConfig:
     proc_root: Path
     device_poll_seconds: float = 0.2
     device_wait_seconds: float = 300.0
+    draw_guard_seconds: float = 1.0
 
 
 # flag, environment variable, default, help
@@ -73,6 +74,12 @@ _OPTIONS: tuple[tuple[str, str, str | None, str], ...] = (
         "0.2",
         "re-read the GPU mapping this often while a pod awaits its GPUs; 0: follow only annotations "
         "and the resync (no wake on the kubelet's status changes)",
+    ),
+    (
+        "--draw-guard-seconds",
+        "GPUPOWER_DRAW_GUARD_SECONDS",
+        "1",
+        "the draw guard's reading period for oversubscribed budgets; 0 turns the guard off",
     ),
     (
         "--device-wait-seconds",
@@ -222,4 +229,5 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         proc_root=Path(value("proc_root")[1]),
         device_poll_seconds=_poll_seconds(*value("device_poll_seconds")),
         device_wait_seconds=_seconds(*value("device_wait_seconds")),
+        draw_guard_seconds=_poll_seconds(*value("draw_guard_seconds")),
     )

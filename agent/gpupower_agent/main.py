@@ -132,6 +132,7 @@ async def run(config: AgentConfig) -> int:
         config.safe_default_watts,
         config.state_file,
         device_wait_seconds=config.device_wait_seconds,
+        draw_guard=config.draw_guard_seconds > 0,
     )
     agent.load_state()
 
@@ -175,6 +176,8 @@ async def run(config: AgentConfig) -> int:
         config.device_poll_seconds,
     )
     next_resync = time.monotonic()
+    guard_period = config.draw_guard_seconds
+    next_guard_reading = time.monotonic()
     last: Reconciled | None = None
     try:
         while not stop.is_set():
@@ -183,6 +186,8 @@ async def run(config: AgentConfig) -> int:
             if follow_kubelet and agent.looking_for_devices():
                 # The kubelet allocates a pod's GPUs after the pod is bound: look again soon.
                 deadline = min(deadline, now + config.device_poll_seconds)
+            if guard_period > 0 and agent.guarding():
+                deadline = min(deadline, next_guard_reading)
             await wait_for_wake(wake, deadline - now)
             wake.clear()
             if stop.is_set():
@@ -200,8 +205,13 @@ async def run(config: AgentConfig) -> int:
                 agent.refresh_gpus(present)
                 await publisher.publish(present)
             if pods.synced and budgets.synced:
+                reading = guard_period > 0 and time.monotonic() >= next_guard_reading
+                if reading:
+                    next_guard_reading = time.monotonic() + guard_period
                 try:
-                    result = await agent.reconcile(list(pods.items.values()), list(budgets.items.values()))
+                    result = await agent.reconcile(
+                        list(pods.items.values()), list(budgets.items.values()), guard_reading=reading
+                    )
                 except Exception:
                     # A bug must not end the agent: exiting would restore defaults and uncap every GPU.
                     metrics.reconcile_errors_total.inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
@@ -130,6 +131,31 @@ class AgentMetrics:
             "Pods on the node that ask for GPUs the GPU mapping does not show yet.",
             registry=r,
         )
+        guard_labels = ["budget_namespace", "budget"]
+        self.guard_engaged = Gauge(
+            "gpupower_agent_guard_engaged",
+            "1 while the draw guard of an oversubscribed budget holds this node's GPUs below their caps.",
+            guard_labels,
+            registry=r,
+        )
+        self.guard_engagements_total = Counter(
+            "gpupower_agent_guard_engagements_total",
+            "Times the draw guard of an oversubscribed budget engaged on this node.",
+            guard_labels,
+            registry=r,
+        )
+        self.guard_draw_watts = Gauge(
+            "gpupower_agent_guard_draw_watts",
+            "What an oversubscribed budget's GPUs on this node drew at the guard's last reading.",
+            guard_labels,
+            registry=r,
+        )
+        self.guard_share_watts = Gauge(
+            "gpupower_agent_guard_share_watts",
+            "What an oversubscribed budget's GPUs on this node are planned to draw (the node's share).",
+            guard_labels,
+            registry=r,
+        )
         self._pod_info_labels: set[tuple[str, str, str]] = set()
 
     def set_gpu_pods(self, holders: Iterable[tuple[str, str, str]]) -> None:
@@ -140,6 +166,12 @@ class AgentMetrics:
         for labels in current - self._pod_info_labels:
             self.gpu_pod_info.labels(*labels).set(1)
         self._pod_info_labels = current
+
+    def forget_guard(self, namespace: str, name: str) -> None:
+        """Drop a budget's guard series (its GPUs left this node); the counter keeps its total."""
+        for gauge in (self.guard_engaged, self.guard_draw_watts, self.guard_share_watts):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

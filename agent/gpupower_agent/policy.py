@@ -6,13 +6,15 @@
 - The result is clamped to what the GPU accepts (``[min, max]``) and the decision says so.
 - A GPU the agent capped earlier that has no managed pod now goes back to its default limit.
 - A GPU the agent never capped and that has no managed pod is left alone.
+- A GPU the draw guard of an oversubscribed budget holds lower gets the guard's
+  limit (never above what the rules above give).
 - NVML is called only when the current limit differs from the decided one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from gpupower_agent.cluster import PodKey
@@ -32,6 +34,7 @@ class Reason(StrEnum):
     CONFLICT = "conflict"
     NO_MANAGED_POD = "no_managed_pod"
     UNMANAGED = "unmanaged"
+    GUARDED = "guarded"  # the draw guard holds the GPU below its pods' cap
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,10 @@ class GpuDecision:
 
     @property
     def clamped(self) -> bool:
+        """Whether the GPU's range moved the cap (the draw guard's lower limit is not a clamp)."""
         return (
-            self.requested_watts is not None
+            self.reason is not Reason.GUARDED
+            and self.requested_watts is not None
             and self.target_watts is not None
             and self.requested_watts != self.target_watts
         )
@@ -104,20 +109,43 @@ class NodePlan:
     pod_caps: Mapping[PodKey, PodCap]
 
 
+def guarded(
+    decision: GpuDecision, guard_limit_watts: int | None, current_limit_watts: int | None
+) -> GpuDecision:
+    """The decision with the draw guard's limit applied when it is lower than the decided cap."""
+    if guard_limit_watts is None or decision.action is not Action.CAP or decision.target_watts is None:
+        return decision
+    if guard_limit_watts >= decision.target_watts:
+        return decision
+    return replace(
+        decision,
+        reason=Reason.GUARDED,
+        target_watts=guard_limit_watts,
+        needs_nvml_call=current_limit_watts != guard_limit_watts,
+    )
+
+
 def plan_node(
     gpus: Iterable[GpuSnapshot],
     pod_caps: Mapping[PodKey, PodCap],
     assignments: Mapping[str, Collection[PodKey]],
     capped_before: Collection[str],
+    guard_limits: Mapping[str, int] | None = None,
 ) -> NodePlan:
-    """Decisions for every GPU of the node, from the managed pods' caps (see ``trust.pod_caps``)."""
+    """Decisions for every GPU of the node, from the managed pods' caps (see ``trust.pod_caps``), under
+    the draw guard's limits where it holds a GPU lower (``guard_limits``, by GPU UUID)."""
+    guard_limits = guard_limits or {}
     decisions = tuple(
-        decide_gpu(
-            gpu.uuid,
-            (pod_caps[key] for key in assignments.get(gpu.uuid, ()) if key in pod_caps),
-            gpu.constraints,
+        guarded(
+            decide_gpu(
+                gpu.uuid,
+                (pod_caps[key] for key in assignments.get(gpu.uuid, ()) if key in pod_caps),
+                gpu.constraints,
+                gpu.current_limit_watts,
+                gpu.uuid in capped_before,
+            ),
+            guard_limits.get(gpu.uuid),
             gpu.current_limit_watts,
-            gpu.uuid in capped_before,
         )
         for gpu in gpus
     )

@@ -4,6 +4,9 @@ From what one reconcile decided and what NVML reads back afterwards, per pod:
 
 - ``True``/``Capped``: every GPU of the pod holds at most the pod's trusted cap
   (exactly the cap, or the GPU's maximum when the cap is above it);
+- ``True``/``Guarded``: the same, held lower by the draw guard of an
+  oversubscribed budget (True: the GPUs hold less than the cap, and a readiness
+  gate must not pull a replica out of its Service just when load peaks);
 - ``False`` otherwise, with the first reason that applies, in this order:
   ``NvmlError`` (a GPU's limit cannot be read, or it does not hold what the agent
   set: the set failed and is being retried), ``Conflict`` (pods sharing a GPU
@@ -103,6 +106,19 @@ def _condition_on_gpus(
             PowerCappedReason.AWAITING_CAP,
             power_capped_message(
                 held, f"no cap annotated yet; the GPUs hold {cap.cap_watts} W (the grant or the safe default)"
+            ),
+        )
+    guarding = [
+        uuid for uuid in uuids if (d := decisions.get(uuid)) is not None and d.reason is Reason.GUARDED
+    ]
+    if guarding:
+        return PodCondition(
+            True,
+            PowerCappedReason.GUARDED,
+            power_capped_message(
+                held,
+                f"the draw guard of its oversubscribed budget holds {', '.join(guarding)} below the cap of "
+                f"{cap.cap_watts} W while the budget's GPUs on this node draw more than their share",
             ),
         )
     above = [uuid for uuid in uuids if (limit := limits.get(uuid)) is not None and limit > cap.cap_watts]

@@ -32,10 +32,10 @@ before the caps, so a correct operator never trips this rule.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from gpupower_agent.cluster import BudgetView, PodKey, PodView
+from gpupower_agent.cluster import BudgetView, Grant, PodKey, PodView
 from gpupower_api.contract import InvalidCapError, parse_power_limit
 
 
@@ -66,6 +66,7 @@ class PodCap:
     reason: UntrustedReason | None = None
     detail: str = ""
     budget: tuple[str, str] | None = None  # (namespace, name) of the budget that manages the pod
+    gpu_draw_watts: float | None = None  # oversubscribed: what each of its GPUs is planned to draw
 
 
 @dataclass(frozen=True)
@@ -102,18 +103,23 @@ def _safe_default(budget: BudgetView | None, agent_default_watts: int) -> int:
     return agent_default_watts
 
 
-def _highest_grant(budget: BudgetView, pod: PodView) -> int | None:
-    caps = [grant.cap_for(pod.key.name) for grant in budget.grants if grant.selector.matches(pod.labels)]
-    return max(caps) if caps else None
+def _highest_grant(budget: BudgetView, pod: PodView) -> Grant | None:
+    grants = [grant for grant in budget.grants if grant.selector.matches(pod.labels)]
+    return max(grants, key=lambda grant: grant.cap_for(pod.key.name)) if grants else None
 
 
-def managing_budget(pod: PodView, budgets: BudgetIndex) -> tuple[BudgetView, int] | None:
-    """The budget that manages ``pod`` and its grant: the oldest Enforce budget whose status selects it."""
+def _managing(pod: PodView, budgets: BudgetIndex) -> tuple[BudgetView, Grant] | None:
     for budget in budgets.enforcing_in(pod.key.namespace):
         grant = _highest_grant(budget, pod)
         if grant is not None:
             return budget, grant
     return None
+
+
+def managing_budget(pod: PodView, budgets: BudgetIndex) -> tuple[BudgetView, int] | None:
+    """The budget that manages ``pod`` and its grant: the oldest Enforce budget whose status selects it."""
+    found = _managing(pod, budgets)
+    return None if found is None else (found[0], found[1].cap_for(pod.key.name))
 
 
 def _selected_cap(pod: PodView, budget: BudgetView, grant: int, agent_default_watts: int) -> PodCap:
@@ -182,11 +188,14 @@ def _unselected_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int
 
 def pod_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int) -> PodCap | None:
     """The cap ``pod`` gets under the trust rule, or ``None`` when no budget manages it."""
-    managing = managing_budget(pod, budgets)
+    managing = _managing(pod, budgets)
     if managing is None:
         return _unselected_cap(pod, budgets, agent_default_watts)
     budget, grant = managing
-    return _selected_cap(pod, budget, grant, agent_default_watts)
+    cap = _selected_cap(pod, budget, grant.cap_for(pod.key.name), agent_default_watts)
+    if budget.oversubscription is not None and grant.gpu_draw_watts is not None:
+        cap = replace(cap, gpu_draw_watts=grant.gpu_draw_watts)
+    return cap
 
 
 def pod_caps(pods: Iterable[PodView], budgets: BudgetIndex, agent_default_watts: int) -> dict[PodKey, PodCap]:

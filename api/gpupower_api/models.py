@@ -391,6 +391,86 @@ class PrometheusSpec(ApiModel):
         return self
 
 
+MAX_OVERSUBSCRIPTION_RATIO = 3.0
+
+
+class Oversubscription(ApiModel):
+    """Plan on what the GPUs draw, with more caps than watts, held by the agents' draw guard.
+
+    The plan counts each GPU at cap x power factor (its planned draw) against
+    ``totalWatts``, and lets the caps sum to at most ``totalWatts x maxRatio``.
+    Every agent then guards its node's share: when the budget's GPUs there draw
+    more than their planned draw for ``guardReadings`` readings in a row (one a
+    second), it lowers their limits until the node draws ``guardTargetRatio`` of
+    its share, and raises them again in steps once the draw has stayed under
+    ``guardReleaseRatio`` of the share for ``guardHoldSeconds``.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.maxRatio >= 1.0 && self.maxRatio <= {MAX_OVERSUBSCRIPTION_RATIO}",
+                    f"oversubscription.maxRatio must be between 1.0 and {MAX_OVERSUBSCRIPTION_RATIO:g}: the "
+                    f"caps may sum to at most {MAX_OVERSUBSCRIPTION_RATIO:g} times totalWatts",
+                    ".maxRatio",
+                ),
+                cel(
+                    "self.guardReleaseRatio < self.guardTargetRatio",
+                    "oversubscription.guardReleaseRatio must be below guardTargetRatio (the hysteresis)",
+                    ".guardReleaseRatio",
+                ),
+            ]
+        }
+    )
+
+    max_ratio: float = Field(
+        description="Most the caps may sum to, as a multiple of totalWatts (1.0 to 3.0), e.g. 1.3."
+    )
+    guard_readings: int = Field(
+        default=2, ge=1, le=10, description="Readings in a row above the share before the guard engages."
+    )
+    guard_target_ratio: float = Field(
+        default=0.9, ge=0.5, le=0.99, description="The guard lowers limits to this fraction of the share."
+    )
+    guard_release_ratio: float = Field(
+        default=0.8,
+        ge=0.3,
+        le=0.98,
+        description="The guard releases once the draw stays below this fraction.",
+    )
+    guard_hold_seconds: float = Field(
+        default=10, ge=1, le=3600, description="How long the draw must stay low before each release step."
+    )
+    guard_release_step_ratio: float = Field(
+        default=0.25,
+        ge=0.05,
+        le=1,
+        description="Each release step raises a limit by this fraction of its cap range.",
+    )
+    relax_seconds: int = Field(
+        default=600,
+        ge=60,
+        le=86400,
+        description="The operator plans with less oversubscription after guard engagements until this "
+        "long without one.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if not 1.0 <= self.max_ratio <= MAX_OVERSUBSCRIPTION_RATIO:
+            raise ValueError(
+                f"maxRatio ({self.max_ratio:g}) must be between 1.0 and {MAX_OVERSUBSCRIPTION_RATIO:g}: the "
+                f"caps may sum to at most {MAX_OVERSUBSCRIPTION_RATIO:g} times totalWatts"
+            )
+        if self.guard_release_ratio >= self.guard_target_ratio:
+            raise ValueError(
+                f"guardReleaseRatio ({self.guard_release_ratio:g}) must be below guardTargetRatio "
+                f"({self.guard_target_ratio:g}) (the hysteresis)"
+            )
+        return self
+
+
 class Target(ApiModel):
     """One worker role: its workload, its bounds, its power/throughput profile and its demand."""
 
@@ -499,6 +579,11 @@ class BudgetSpec(ApiModel):
     prometheus: PrometheusSpec | None = Field(
         default=None, description="Prometheus for demand, latency and observed GPU power."
     )
+    oversubscription: Oversubscription | None = Field(
+        default=None,
+        description="Plan on the GPUs' observed draw, caps above totalWatts, held by the agents' guard; "
+        "omitted: the caps' sum stays within totalWatts.",
+    )
 
     @model_validator(mode="after")
     def _safe_default_within_ranges(self) -> Self:
@@ -604,6 +689,28 @@ class TargetStatus(ApiModel):
         description="What the target's GPUs can draw at most now: the planned cap on the GPUs of "
         "confirmed pods, the most the GPUs of the other pods can hold (W).",
     )
+    caps_watts: float | None = Field(default=None, description="The target's planned caps summed (W).")
+    gpu_draw_watts: float | None = Field(
+        default=None, description="Oversubscribed: what one GPU is planned to draw (cap x power factor) (W)."
+    )
+    gpu_share_watts: float | None = Field(
+        default=None,
+        description="Oversubscribed: the draw guard's share per GPU: its planned draw scaled up so the "
+        "shares sum to totalWatts, at most the cap (W).",
+    )
+    guard_engagements: int | None = Field(
+        default=None, description="Oversubscribed: times the agents' draw guard engaged on the target's pods."
+    )
+    guarded_pods: int | None = Field(
+        default=None, description="Oversubscribed: pods whose GPUs the draw guard holds below their cap now."
+    )
+    draw_factor_floor: float | None = Field(
+        default=None,
+        description="Oversubscribed: the least power factor planned with, raised after guard engagements.",
+    )
+    last_guard_engagement: str | None = Field(
+        default=None, description="Oversubscribed: when the guard last engaged on the target (RFC 3339)."
+    )
     observed_watts: float | None = Field(
         default=None, description="Power the target's GPUs draw (DCGM through Prometheus), in watts."
     )
@@ -669,6 +776,14 @@ class BudgetStatus(ApiModel):
         default=None,
         description="What the targets' GPUs can draw at most now, from what the agents report they hold "
         "(the ENFORCED column of kubectl get gpb), in watts.",
+    )
+    caps_watts: float | None = Field(
+        default=None, description="The planned caps summed over all targets' GPUs, in watts."
+    )
+    planned_draw_watts: float | None = Field(
+        default=None,
+        description="What the plan expects the GPUs to draw (caps x power factors), in watts; within "
+        "totalWatts when oversubscribed.",
     )
     observed_watts: float | None = Field(
         default=None, description="Power the targets' GPUs draw (DCGM through Prometheus), in watts."

@@ -34,11 +34,12 @@ from gpupower_api.contract import (
     BUDGET_ANNOTATION,
     POWER_CAPPED_CONDITION,
     POWER_LIMIT_ANNOTATION,
+    PowerCappedReason,
     held_watts_from_message,
 )
-from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetStatus, InvalidSpecError, parse_spec
+from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetSpec, BudgetStatus, InvalidSpecError, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
-from gpupower_operator import inventory, sweep
+from gpupower_operator import inventory, oversubscription, sweep
 from gpupower_operator import reconcile as rc
 from gpupower_operator.index import BudgetKey, PodIndex, SelectorIndex
 from gpupower_operator.kube import Cluster
@@ -48,6 +49,7 @@ from gpupower_operator.planner import Plan, Problem, plan, problem_from_spec
 from gpupower_operator.signals import SignalSource
 
 log = logging.getLogger("gpupower_operator")
+GUARDED = PowerCappedReason.GUARDED.value
 
 BACKOFF_MIN_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 30.0
@@ -89,6 +91,15 @@ def pod_state(body: Mapping[str, Any]) -> rc.PodState:
         node_selector=dict((body.get("spec") or {}).get("nodeSelector") or {}),
         power_capped=capped_report(body.get("status") or {}),
     )
+
+
+def _newly_guarded(before: rc.PodState | None, after: rc.PodState) -> bool:
+    """Whether the pod's agent just reported the draw guard holding its GPUs (an engagement)."""
+
+    def guarded(pod: rc.PodState | None) -> bool:
+        return pod is not None and pod.power_capped is not None and pod.power_capped.reason == GUARDED
+
+    return guarded(after) and not guarded(before)
 
 
 def _status_of(body: Mapping[str, Any]) -> BudgetStatus | None:
@@ -171,6 +182,8 @@ class Runtime:
         self.enforcement_timeout_seconds = enforcement_timeout_seconds
         self.unconfirmed_since: dict[BudgetKey, dict[str, float]] = {}
         self.monotonic = monotonic
+        # Pods whose agent reported the draw guard engaging (PowerCapped reason Guarded), not yet counted.
+        self.guard_events: dict[tuple[str, str], int] = {}
         # The pods profile runs measure, and the budgets' answers to the caps they ask for.
         self.board = MeasurementBoard()
 
@@ -241,6 +254,8 @@ class Runtime:
             before = self.pods.upsert(namespace, after)
             if before == after:
                 return
+            if _newly_guarded(before, after):
+                self.guard_events[(namespace, name)] = self.guard_events.get((namespace, name), 0) + 1
         keys: set[BudgetKey] = set()
         for pod in (before, after):
             if pod is None:
@@ -405,12 +420,18 @@ class Runtime:
             if self.signals is not None
             else None
         )
+        corrections = dict(signals.corrections()) if signals is not None else {}
+        guard_memory = self._guard_memory(key, spec, workloads, old_status, corrections, now)
+        for target_name, memory in guard_memory.items():
+            power, throughput = corrections.get(target_name, (1.0, 1.0))
+            corrections[target_name] = (oversubscription.floored(power, memory), throughput)
         try:
             problem = problem_from_spec(
                 spec,
                 cap_ranges=inventory.cap_ranges(ranges),
                 demand=signals.demand() if signals is not None else None,
-                corrections=signals.corrections() if signals is not None else None,
+                corrections=corrections or None,
+                gpu_min_watts={r.target: r.node_min_watts for r in ranges if r.node_min_watts is not None},
             )
             the_plan = plan(problem)
             the_plan, measurements = self._plan_around_measurements(key, problem, the_plan)
@@ -462,9 +483,58 @@ class Runtime:
             },
             unconfirmed_seconds={pod: clock - since for pod, since in waiting_since.items()},
             enforcement_timeout_seconds=self.enforcement_timeout_seconds,
+            guard_memory=guard_memory,
             measurements=measurements,
         )
-        return rc.reconcile(observed, the_plan, now)
+        outcome = rc.reconcile(observed, the_plan, now)
+        if spec.prometheus is not None:
+            # Prometheus is read inside a reconcile: read it (and plan) every intervalSeconds, not only on
+            # events and resyncs.
+            interval = float(spec.prometheus.interval_seconds)
+            soonest = interval if outcome.recheck_seconds is None else min(outcome.recheck_seconds, interval)
+            outcome = replace(outcome, recheck_seconds=soonest)
+        return outcome
+
+    def _guard_memory(
+        self,
+        key: BudgetKey,
+        spec: BudgetSpec,
+        workloads: Mapping[str, rc.WorkloadState | rc.WorkloadMissing],
+        old_status: BudgetStatus | None,
+        corrections: Mapping[str, tuple[float, float]],
+        now: str,
+    ) -> dict[str, oversubscription.GuardMemory]:
+        """Each target's draw-guard record, with the engagements seen on its pods since the last reconcile."""
+        if spec.oversubscription is None:
+            return {}
+        namespace = key[0]
+        memory: dict[str, oversubscription.GuardMemory] = {}
+        for target in spec.targets:
+            workload = workloads.get(target.name)
+            engaged = 0
+            if isinstance(workload, rc.WorkloadState):
+                try:
+                    selector = parse_selector(workload.selector)
+                except InvalidSelectorError:
+                    selector = None
+                if selector is not None:
+                    for pod in self.pods.selected(namespace, selector):
+                        engaged += self.guard_events.pop((namespace, pod.name), 0)
+            before = oversubscription.remembered(old_status.target(target.name) if old_status else None)
+            factor = corrections.get(target.name, (1.0, 1.0))[0]
+            memory[target.name] = oversubscription.next_memory(
+                before, engaged, factor, now, spec.oversubscription.relax_seconds
+            )
+            if engaged:
+                log.info(
+                    "guard engaged budget=%s/%s target=%s pods=%d power_factor_floor=%s",
+                    namespace,
+                    key[1],
+                    target.name,
+                    engaged,
+                    memory[target.name].floor,
+                )
+        return memory
 
     def _plan_around_measurements(
         self, key: BudgetKey, problem: Problem, the_plan: Plan

@@ -19,6 +19,18 @@ optimum (most served, then least watts, then fewest GPUs, then lowest cap).
 Nothing is listed or sorted per (replicas, cap) pair, so a fleet seen for the
 first time is planned almost as fast as a known one.
 
+Two accountings. By default power is what the caps allow: a GPU counts at its
+cap (at cap x power factor when the correction is above 1, for safety), so the
+caps never sum above the budget. A budget that opts into oversubscription
+counts each GPU at cap x power factor (its planned *draw*) against the budget,
+and bounds the caps' sum by ``cap_budget_watts`` (the budget x the
+oversubscription ratio). An oversubscribed target is planned only at caps
+whose draw the agents' guard can hold: cap x power factor at least the lowest
+limit its GPUs accept (:func:`guardable`), since a GPU cannot be held below
+its minimum. Within one target every pair's draw is its caps times
+the same factor, so the pair with the least draw is also the one with the least
+caps, and the search below stays exact with both bounds.
+
 Every comparison is exact: power is counted in integer milliwatts
 (:func:`target_milliwatts`), and a pair's capacity and served fraction are each
 computed by one expression (:func:`replica_throughput`, which
@@ -32,7 +44,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import accumulate, compress, islice, pairwise, product, repeat
 from operator import add, gt, mul, sub, truediv
@@ -70,6 +82,10 @@ class Problem:
     targets: tuple[TargetProblem, ...]
     cap_step_watts: int = 5
     strategy: Strategy = Strategy.OPTIMIZE
+    # Oversubscription: the caps' sum may reach this (None: the caps count as power, within total_watts).
+    cap_budget_watts: float | None = None
+    # Oversubscription: the same budget in the default accounting; the plan is the better of the two.
+    plain: Problem | None = None
 
 
 @dataclass(frozen=True)
@@ -78,11 +94,13 @@ class TargetPlan:
     desired_replicas: int
     replicas: int
     cap_watts: int
-    watts: float
+    watts: float  # what the plan counts: the caps, or the planned draw when oversubscribed
     capacity: float
     demand: float | None
     served_fraction: float
     gpus: int
+    caps_watts: float = 0.0  # replicas x GPUs x cap
+    gpu_draw_watts: float = 0.0  # what one GPU is planned to draw: cap x power factor
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,8 @@ class Plan:
     adjustment: str | None = None
     # What the fleet needs when every target runs at its minimum replicas and cap.
     floor_watts: float = 0.0
+    caps_watts: float = 0.0  # the caps' sum
+    cap_budget_watts: float | None = None  # the bound on it when oversubscribed
 
     @property
     def utilization(self) -> float:
@@ -116,20 +136,41 @@ class Plan:
 # Building and checking a problem
 
 
+def guardable(target: TargetProblem, gpu_min_watts: int) -> TargetProblem:
+    """An oversubscribed target planned only at caps whose draw a guard can hold on GPUs accepting no
+    limit below ``gpu_min_watts``: cap x power factor >= that minimum. When even the top cap draws less,
+    the target is planned at its top cap with the factor raised to what the minimum allows."""
+    if target.power_factor >= 1.0:
+        return target
+    lowest = math.ceil(gpu_min_watts / target.power_factor)
+    if lowest <= target.cap_max_watts:
+        return replace(target, cap_min_watts=max(target.cap_min_watts, lowest))
+    return replace(
+        target,
+        cap_min_watts=target.cap_max_watts,
+        power_factor=min(1.0, gpu_min_watts / target.cap_max_watts),
+    )
+
+
 def problem_from_spec(
     spec: BudgetSpec,
     demand: Mapping[str, float | None] | None = None,
     cap_ranges: Mapping[str, tuple[int, int]] | None = None,
     corrections: Mapping[str, tuple[float, float]] | None = None,
     strategy: Strategy | None = None,
+    gpu_min_watts: Mapping[str, int] | None = None,
 ) -> Problem:
     """Build a :class:`Problem` from a validated spec.
 
     ``demand`` overrides a target's static demand (live demand from Prometheus);
     ``cap_ranges`` replaces a target's cap range (the effective range after the
     nodes' GPU limits); ``corrections`` gives (power_factor, throughput_factor).
-    Raises :class:`ValueError` naming the field when an override makes the
-    problem invalid (for example an empty cap range).
+    Without ``spec.oversubscription`` a power factor below 1 is not used (the
+    caps count in full); with it, the draw counts, the caps' sum is bounded by
+    ``totalWatts x maxRatio``, and each target keeps to caps its guard can hold
+    (:func:`guardable`, with ``gpu_min_watts``: the lowest limit each target's
+    GPUs accept, by default its cap range's minimum). Raises :class:`ValueError` naming the field
+    when an override makes the problem invalid (for example an empty cap range).
     """
     demand = demand or {}
     cap_ranges = cap_ranges or {}
@@ -140,27 +181,40 @@ def problem_from_spec(
         if unknown:
             raise ValueError(f"{label}: unknown target(s) {', '.join(unknown)}")
     targets = []
+    guarded_targets = []
     for target in spec.targets:
         if target.name in cap_ranges:
             cap_min, cap_max = cap_ranges[target.name]
         else:
             cap_range = target.cap_range()
             cap_min, cap_max = cap_range.min, cap_range.max
-        power_factor, throughput_factor = corrections.get(target.name, (1.0, 1.0))
-        targets.append(
-            TargetProblem(
-                name=target.name,
-                min_replicas=target.min_replicas,
-                max_replicas=target.max_replicas,
-                cap_min_watts=cap_min,
-                cap_max_watts=cap_max,
-                profile=tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.curve()),
-                demand=demand.get(target.name, target.demand),
-                gpus_per_replica=target.gpus_per_replica,
-                power_factor=power_factor,
-                throughput_factor=throughput_factor,
-            )
+        measured, throughput_factor = corrections.get(target.name, (1.0, 1.0))
+        power_factor = measured
+        if _finite(power_factor) and power_factor >= MIN_POWER_FACTOR:
+            power_factor = max(1.0, power_factor)  # a GPU may draw up to its cap: count all of it
+        problem_target = TargetProblem(
+            name=target.name,
+            min_replicas=target.min_replicas,
+            max_replicas=target.max_replicas,
+            cap_min_watts=cap_min,
+            cap_max_watts=cap_max,
+            profile=tuple(ProfilePoint(p.watts, p.throughput) for p in target.profile.curve()),
+            demand=demand.get(target.name, target.demand),
+            gpus_per_replica=target.gpus_per_replica,
+            power_factor=power_factor,
+            throughput_factor=throughput_factor,
         )
+        targets.append(problem_target)
+        if (
+            spec.oversubscription is not None
+            and _finite(measured)
+            and measured >= MIN_POWER_FACTOR
+            and 0 < cap_min <= cap_max
+        ):
+            # Planned on what it draws, at caps whose draw the guard can hold.
+            minimum = (gpu_min_watts or {}).get(target.name, cap_min)
+            problem_target = guardable(replace(problem_target, power_factor=measured), min(minimum, cap_min))
+        guarded_targets.append(problem_target)
     problem = Problem(
         total_watts=spec.total_watts,
         targets=tuple(targets),
@@ -168,7 +222,16 @@ def problem_from_spec(
         strategy=strategy if strategy is not None else spec.strategy,
     )
     validate_problem(problem)
-    return problem
+    if spec.oversubscription is None:
+        return problem
+    oversubscribed = replace(
+        problem,
+        targets=tuple(guarded_targets),
+        cap_budget_watts=spec.total_watts * spec.oversubscription.max_ratio,
+        plain=problem,
+    )
+    validate_problem(oversubscribed)
+    return oversubscribed
 
 
 # A GPU draws between 1% and 100x of its cap: anything else is a broken measurement.
@@ -238,6 +301,9 @@ def validate_problem(problem: Problem) -> None:
         raise ValueError(f"total_watts must be > 0 and <= {MAX_TOTAL_WATTS:g}, got {problem.total_watts}")
     if problem.cap_step_watts < 1:
         raise ValueError(f"cap_step_watts must be >= 1, got {problem.cap_step_watts}")
+    cap_budget = problem.cap_budget_watts
+    if cap_budget is not None and not (_finite(cap_budget) and cap_budget <= MAX_TOTAL_WATTS):
+        raise ValueError(f"cap_budget_watts must be finite and <= {MAX_TOTAL_WATTS:g}, got {cap_budget}")
     if not problem.targets:
         raise ValueError("targets must not be empty")
     seen: set[str] = set()
@@ -361,6 +427,20 @@ def _milliwatts(gpu_watts: int, power_factor: float) -> int:
     return round(gpu_watts * 1000 * power_factor)
 
 
+def caps_milliwatts(target: TargetProblem, replicas: int, cap_watts: int) -> int:
+    """The caps of ``replicas`` replicas at ``cap_watts`` per GPU, in whole milliwatts (no correction)."""
+    return replicas * target.gpus_per_replica * cap_watts * 1000
+
+
+def fits(problem: Problem, choices: Sequence[tuple[int, int]]) -> bool:
+    """Whether (replicas, cap) per target fit the budget, and the caps' bound when oversubscribed."""
+    pairs = list(zip(problem.targets, choices, strict=True))
+    if not fits_budget((target_milliwatts(t, r, c) for t, (r, c) in pairs), problem.total_watts):
+        return False
+    cap_budget = problem.cap_budget_watts
+    return cap_budget is None or fits_budget((caps_milliwatts(t, r, c) for t, (r, c) in pairs), cap_budget)
+
+
 def target_watts(target: TargetProblem, replicas: int, cap_watts: int) -> float:
     """Power of ``replicas`` replicas at ``cap_watts`` per GPU, in watts."""
     return target_milliwatts(target, replicas, cap_watts) / 1000
@@ -416,6 +496,8 @@ def _target_plan(target: TargetProblem, replicas: int, cap_watts: int) -> Target
         demand=target.demand,
         served_fraction=served_fraction(capacity, target.demand),
         gpus=replicas * target.gpus_per_replica,
+        caps_watts=caps_milliwatts(target, replicas, cap_watts) / 1000,
+        gpu_draw_watts=_milliwatts(cap_watts, target.power_factor) / 1000,
     )
 
 
@@ -459,10 +541,16 @@ def _assemble(
         target_milliwatts(target, replicas, cap)
         for target, (replicas, cap) in zip(problem.targets, choices, strict=True)
     )
+    cap_milliwatts = sum(
+        caps_milliwatts(target, replicas, cap)
+        for target, (replicas, cap) in zip(problem.targets, choices, strict=True)
+    )
     watts = milliwatts / 1000
     served = min(t.served_fraction for t in targets)
     budget = problem.total_watts
     over_milliwatts = milliwatts - budget_milliwatts(budget)
+    if problem.cap_budget_watts is not None:
+        over_milliwatts = max(over_milliwatts, cap_milliwatts - budget_milliwatts(problem.cap_budget_watts))
     feasible = over_milliwatts <= 0
     infeasible_by = 0.0 if feasible else over_milliwatts / 1000
     binding = (not feasible) or served < _best_reachable(problem)
@@ -501,6 +589,8 @@ def _assemble(
         reason=reason,
         adjustment=adjustment,
         floor_watts=floor_watts(problem),
+        caps_watts=cap_milliwatts / 1000,
+        cap_budget_watts=problem.cap_budget_watts,
     )
 
 
@@ -509,9 +599,7 @@ def _floor_choices(problem: Problem) -> list[tuple[int, int]]:
 
 
 def _floor_fits(problem: Problem) -> bool:
-    return fits_budget(
-        (target_milliwatts(t, t.min_replicas, t.cap_min_watts) for t in problem.targets), problem.total_watts
-    )
+    return fits(problem, _floor_choices(problem))
 
 
 # ---------------------------------------------------------------------------
@@ -577,12 +665,14 @@ def clear_cache() -> None:
 
 @dataclass(frozen=True)
 class _Pick:
-    """A target's pair: ``replicas`` at ``cap_watts``, costing ``milliwatts`` and serving ``served``."""
+    """A target's pair: ``replicas`` at ``cap_watts``, costing ``milliwatts`` (``cap_milliwatts`` of
+    caps) and serving ``served``."""
 
     milliwatts: int
     replicas: int
     cap_watts: int
     served: float
+    cap_milliwatts: int = 0
 
 
 def _floor_pick(target: TargetProblem, table: _CapTable) -> _Pick:
@@ -593,6 +683,7 @@ def _floor_pick(target: TargetProblem, table: _CapTable) -> _Pick:
         replicas=replicas,
         cap_watts=table.caps[0],
         served=served_fraction(replicas * table.rates[0], target.demand),
+        cap_milliwatts=caps_milliwatts(target, replicas, table.caps[0]),
     )
 
 
@@ -672,6 +763,7 @@ def _cheapest_pair(target: TargetProblem, table: _CapTable, threshold: float) ->
         replicas=best_replicas,
         cap_watts=best_cap,
         served=served_fraction(best_replicas * rates[best_k], demand),
+        cap_milliwatts=caps_milliwatts(target, best_replicas, best_cap),
     )
 
 
@@ -704,8 +796,19 @@ def _raised(
     return raised
 
 
-def _best_picks(targets: Sequence[TargetProblem], tables: Sequence[_CapTable], budget: int) -> list[_Pick]:
-    """The picks of the largest served fraction whose cheapest pairs fit ``budget`` (milliwatts).
+def _best_picks(
+    targets: Sequence[TargetProblem],
+    tables: Sequence[_CapTable],
+    budget: int,
+    cap_budget: int | None = None,
+) -> list[_Pick]:
+    """The picks of the largest served fraction whose cheapest pairs fit ``budget`` (milliwatts), and
+    whose caps fit ``cap_budget`` when it is given.
+
+    The cheapest pair of a target has both the least power and the least caps (its
+    power is its caps times one factor), so both bounds only get harder to meet as
+    the served fraction rises, and the search below finds the largest that meets
+    both. The probes aim with the tighter of the two, scaled to ``budget``.
 
     The floor fits (the caller checked). ``low`` is a served fraction known to fit,
     always what its picks serve; ``high`` one known not to. A probe between them
@@ -717,8 +820,20 @@ def _best_picks(targets: Sequence[TargetProblem], tables: Sequence[_CapTable], b
     was right.
     """
     picks = [_floor_pick(t, table) for t, table in zip(targets, tables, strict=True)]
+
+    def aim_cost(chosen: Sequence[_Pick]) -> float:
+        cost: float = sum(p.milliwatts for p in chosen)
+        if cap_budget:
+            cost = max(cost, sum(p.cap_milliwatts for p in chosen) * budget / cap_budget)
+        return cost
+
+    def within(chosen: Sequence[_Pick]) -> bool:
+        return sum(p.milliwatts for p in chosen) <= budget and (
+            cap_budget is None or sum(p.cap_milliwatts for p in chosen) <= cap_budget
+        )
+
     low = min(p.served for p in picks)
-    low_cost: float = sum(p.milliwatts for p in picks)
+    low_cost: float = aim_cost(picks)
     # Nothing serves more than every target at max replicas and its best cap.
     reach = min(
         served_fraction(t.max_replicas * table.rates[-1], t.demand)
@@ -752,8 +867,8 @@ def _best_picks(targets: Sequence[TargetProblem], tables: Sequence[_CapTable], b
         if not after <= probe < high:
             probe = after if probe < after else math.nextafter(high, -math.inf)
         raised = _raised(targets, tables, picks, probe)
-        cost: float = math.inf if raised is None else sum(p.milliwatts for p in raised)
-        fitted = cost <= budget
+        cost: float = math.inf if raised is None else aim_cost(raised)
+        fitted = raised is not None and within(raised)
         if not confirm:
             # Illinois: an end that stays put for two aims in a row weighs half as much.
             if fitted == last_fitted:
@@ -779,7 +894,13 @@ def optimize(problem: Problem) -> Plan:
         return _assemble(problem, Strategy.OPTIMIZE, _floor_choices(problem))
     targets = problem.targets
     tables = [_cap_table(t, problem.cap_step_watts) for t in targets]
-    picks = _best_picks(targets, tables, budget_milliwatts(problem.total_watts))
+    cap_budget = problem.cap_budget_watts
+    picks = _best_picks(
+        targets,
+        tables,
+        budget_milliwatts(problem.total_watts),
+        None if cap_budget is None else budget_milliwatts(cap_budget),
+    )
     return _assemble(problem, Strategy.OPTIMIZE, [(p.replicas, p.cap_watts) for p in picks])
 
 
@@ -791,11 +912,16 @@ def _classic_replicas(problem: Problem) -> list[int]:
     """Replicas of the classic algorithm: desired at max caps, scaled down when over the budget."""
     targets = problem.targets
     desired = [desired_replicas(t) for t in targets]
+    if fits(problem, [(r, t.cap_max_watts) for t, r in zip(targets, desired, strict=True)]):
+        return desired
+    # floor(desired * budget / required), in exact integer arithmetic, by the tighter bound.
     required = sum(target_milliwatts(t, r, t.cap_max_watts) for t, r in zip(targets, desired, strict=True))
     budget = budget_milliwatts(problem.total_watts)
-    if required <= budget:
-        return desired
-    # floor(desired * budget / required), in exact integer arithmetic.
+    if problem.cap_budget_watts is not None:
+        caps = sum(caps_milliwatts(t, r, t.cap_max_watts) for t, r in zip(targets, desired, strict=True))
+        cap_budget = budget_milliwatts(problem.cap_budget_watts)
+        if caps * budget > required * cap_budget:
+            required, budget = caps, cap_budget
     return [
         min(d, max(t.min_replicas, d * budget // required)) for t, d in zip(targets, desired, strict=True)
     ]
@@ -830,7 +956,7 @@ def _make_fit(problem: Problem, replicas: list[int]) -> tuple[list[tuple[int, in
             choices = [
                 (r, _highest_cap_at_most(t, level, step)) for t, r in zip(targets, counts, strict=True)
             ]
-            if fits_budget(watts_of(choices), problem.total_watts):
+            if fits(problem, choices):
                 return choices, level
         return None
 
@@ -843,9 +969,7 @@ def _make_fit(problem: Problem, replicas: list[int]) -> tuple[list[tuple[int, in
         return choices, f"lowered the caps to at most {level} W ({describe(choices)})"
     counts = list(replicas)
     removed = 0
-    while not fits_budget(
-        watts_of([(r, t.cap_min_watts) for t, r in zip(targets, counts, strict=True)]), problem.total_watts
-    ):
+    while not fits(problem, [(r, t.cap_min_watts) for t, r in zip(targets, counts, strict=True)]):
         surplus, index = max(
             (r - t.min_replicas, -i) for i, (t, r) in enumerate(zip(targets, counts, strict=True))
         )
@@ -871,9 +995,9 @@ def proportional(problem: Problem) -> Plan:
     replicas = _classic_replicas(problem)
     choices = [(r, t.cap_max_watts) for t, r in zip(problem.targets, replicas, strict=True)]
     classic = sum(target_milliwatts(t, r, c) for t, (r, c) in zip(problem.targets, choices, strict=True))
-    over = classic - budget_milliwatts(problem.total_watts)
-    if over <= 0:
+    if fits(problem, choices):
         return _assemble(problem, Strategy.PROPORTIONAL, choices)
+    over = classic - budget_milliwatts(problem.total_watts)
     fitted, what = _make_fit(problem, replicas)
     adjustment = (
         f"classic plan needed {_watts_text(classic / 1000)} W, over the budget by "
@@ -882,11 +1006,34 @@ def proportional(problem: Problem) -> Plan:
     return _assemble(problem, Strategy.PROPORTIONAL, fitted, adjustment)
 
 
-def plan(problem: Problem) -> Plan:
-    """Plan with the problem's strategy."""
+def _plan_one(problem: Problem) -> Plan:
     if problem.strategy == Strategy.PROPORTIONAL:
         return proportional(problem)
     return optimize(problem)
+
+
+def plan(problem: Problem) -> Plan:
+    """Plan with the problem's strategy.
+
+    An oversubscribed problem carries its budget in the default accounting too
+    (``plain``): guardable caps can exclude the most efficient ones (a GPU cannot
+    be held below its minimum), so the plan is the better of the two by the
+    objective — most served, then least power, then fewest GPUs — and
+    oversubscription never serves less than the default would.
+    """
+    result = _plan_one(problem)
+    if problem.plain is None:
+        return result
+    plain = _plan_one(problem.plain)
+    if not result.feasible:
+        return plain if plain.feasible else result
+    if plain.feasible and (-plain.served_fraction, plain.watts, plain.gpus) < (
+        -result.served_fraction,
+        result.watts,
+        result.gpus,
+    ):
+        return plain
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -915,15 +1062,19 @@ def brute_force(problem: Problem) -> Plan:
                         r * target.gpus_per_replica,
                         r,
                         c,
+                        caps_milliwatts(target, r, c),
                     )
                 )
         per_target.append(options)
     budget = budget_milliwatts(problem.total_watts)
+    cap_budget = None if problem.cap_budget_watts is None else budget_milliwatts(problem.cap_budget_watts)
     best_key: tuple[float, int, int, tuple[int, ...]] | None = None
     best_choices: list[tuple[int, int]] = []
     for combination in product(*per_target):
         total = sum(option[1] for option in combination)
         if total > budget:
+            continue
+        if cap_budget is not None and sum(option[5] for option in combination) > cap_budget:
             continue
         served = min(option[0] for option in combination)
         key = (
@@ -950,10 +1101,13 @@ __all__ = [
     "brute_force",
     "budget_milliwatts",
     "cap_grid",
+    "caps_milliwatts",
     "clear_cache",
     "desired_replicas",
+    "fits",
     "fits_budget",
     "floor_watts",
+    "guardable",
     "optimize",
     "plan",
     "problem_from_spec",

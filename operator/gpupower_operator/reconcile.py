@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 from gpupower_api.contract import (
     BUDGET_ANNOTATION,
@@ -59,6 +60,7 @@ from gpupower_api.models import (
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 from gpupower_operator import conditions as cond
 from gpupower_operator import inventory, profiles
+from gpupower_operator.oversubscription import GuardMemory
 from gpupower_operator.planner import Plan
 from gpupower_operator.signals import METRICS_AVAILABLE, Signals
 
@@ -175,6 +177,8 @@ class Observed:
     # How long each pod (by name) has been unconfirmed, as the shell remembers it from earlier reconciles.
     unconfirmed_seconds: Mapping[str, float] = field(default_factory=dict)
     enforcement_timeout_seconds: float = DEFAULT_ENFORCEMENT_TIMEOUT_SECONDS
+    # Oversubscribed budgets: each target's draw-guard record, updated for this reconcile by the shell.
+    guard_memory: Mapping[str, GuardMemory] = field(default_factory=dict)
     # Per target, the pod a profile run measures (the plan was made around it).
     measurements: Mapping[str, MeasuredPod] = field(default_factory=dict)
 
@@ -494,7 +498,9 @@ def _enforcement(
             added = item.to_replicas - max(item.from_replicas, 0)
             increments[index] = added * scaled.gpus_per_replica * plan.target(item.target).cap_watts
     raising = {index: watts for index, watts in increments.items() if watts > 0}
-    threshold = max(float(spec.total_watts), plan.watts)
+    # What the caps may sum to: the budget, or its oversubscription bound (the agents' guard holds the draw).
+    limit = plan.cap_budget_watts if plan.cap_budget_watts is not None else float(spec.total_watts)
+    threshold = max(limit, plan.caps_watts)
     prospective = baseline + sum(raising.values())
     deferred = frozenset(raising) if raising and prospective > threshold + 1e-6 else frozenset()
     if deferred:
@@ -554,12 +560,40 @@ def _round(value: float, digits: int = 4) -> float:
     return round(float(value), digits)
 
 
+def _guard_fields(
+    spec: BudgetSpec, name: str, pods: Sequence[PodState], memory: GuardMemory
+) -> dict[str, Any]:
+    if spec.oversubscription is None:
+        return {}
+    guarded = sum(
+        1
+        for pod in pods
+        if pod.power_capped is not None and pod.power_capped.reason == PowerCappedReason.GUARDED
+    )
+    return {
+        "guard_engagements": memory.engagements,
+        "guarded_pods": guarded,
+        "draw_factor_floor": None if memory.floor is None else _round(memory.floor),
+        "last_guard_engagement": memory.last_engagement,
+    }
+
+
+def _guard_share(spec: BudgetSpec, plan: Plan, cap_watts: int, gpu_draw_watts: float) -> float | None:
+    """The guard's share per GPU: the planned draw scaled so that all the shares sum to the budget (the
+    slack the plan leaves is the guard's too), never above the cap. None without oversubscription."""
+    if spec.oversubscription is None:
+        return None
+    scale = spec.total_watts / plan.watts if plan.watts > 0 else 1.0
+    return _round(min(float(cap_watts), gpu_draw_watts * max(1.0, scale)), 1)
+
+
 def _target_statuses(
     spec: BudgetSpec,
     plan: Plan,
     workloads: Mapping[str, WorkloadState | WorkloadMissing],
     target_pods: Sequence[_TargetPods],
     annotated_after: set[str],
+    guard_memory: Mapping[str, GuardMemory],
 ) -> list[TargetStatus]:
     statuses: list[TargetStatus] = []
     for target, found in zip(spec.targets, target_pods, strict=True):
@@ -579,6 +613,12 @@ def _target_statuses(
                 demand=None if planned.demand is None else _round(planned.demand),
                 served_fraction=_round(planned.served_fraction),
                 pods_annotated=sum(1 for pod in found.pods if pod.name in annotated_after) if resolved else 0,
+                caps_watts=_round(planned.caps_watts, 1),
+                gpu_draw_watts=_round(planned.gpu_draw_watts, 1)
+                if spec.oversubscription is not None
+                else None,
+                gpu_share_watts=_guard_share(spec, plan, planned.cap_watts, planned.gpu_draw_watts),
+                **_guard_fields(spec, target.name, found.pods, guard_memory.get(target.name, GuardMemory())),
             )
         )
     return statuses
@@ -633,7 +673,9 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     annotated_after.update(
         w.pod for phase, w in phased if phase == Phase.CAPS_DOWN and isinstance(w, AnnotatePod)
     )
-    targets = _target_statuses(spec, plan, observed.workloads, target_pods, annotated_after)
+    targets = _target_statuses(
+        spec, plan, observed.workloads, target_pods, annotated_after, observed.guard_memory
+    )
     if enforcement is not None:
         targets = [
             t.model_copy(
@@ -801,6 +843,8 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         budget_watts=spec.total_watts,
         planned_watts=_round(plan.watts, 1),
         enforced_watts=_round(enforcement.enforced_watts, 1) if enforcement is not None else None,
+        caps_watts=_round(plan.caps_watts, 1),
+        planned_draw_watts=_round(plan.watts, 1),
         observed_watts=None
         if signals is None or signals.observed_watts is None
         else _round(signals.observed_watts, 1),

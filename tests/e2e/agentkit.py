@@ -289,10 +289,15 @@ class AgentProcess:
 
     def set_load(self, index: int, watts: float | None) -> None:
         """What the workload on GPU ``index`` would draw uncapped (None: nothing, it idles)."""
+        self.set_loads({index: watts})
+
+    def set_loads(self, watts_by_index: dict[int, float | None]) -> None:
+        """Several GPUs' loads in one write (a surge on every GPU at once)."""
         if self.nvml == "stub":
 
             def change(state: StubState) -> None:
-                state.gpus[index].load_mw = None if watts is None else round(watts * 1000)
+                for index, watts in watts_by_index.items():
+                    state.gpus[index].load_mw = None if watts is None else round(watts * 1000)
 
             edit_state(self.gpu_state_path, change)
             return
@@ -300,12 +305,20 @@ class AgentProcess:
             loads = json.loads(self.load_path.read_text())
         except FileNotFoundError:
             loads = {}
-        loads.pop(self.uuid(index), None)
-        if watts is not None:
-            loads[self.uuid(index)] = watts
+        for index, watts in watts_by_index.items():
+            loads.pop(self.uuid(index), None)
+            if watts is not None:
+                loads[self.uuid(index)] = watts
         tmp = self.load_path.with_suffix(".edit")
         tmp.write_text(json.dumps(loads))
         tmp.replace(self.load_path)
+
+    def loads(self) -> dict[str, float]:
+        """GPU UUID -> what its workload would draw uncapped (fake GPUs only)."""
+        try:
+            return {str(k): float(v) for k, v in json.loads(self.load_path.read_text()).items()}
+        except (OSError, ValueError):
+            return {}
 
     def wait_limit(self, index: int, watts: float, timeout: float = 10) -> None:
         wait_for(

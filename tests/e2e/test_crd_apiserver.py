@@ -109,6 +109,24 @@ INVALID = [
     ("targets.0.profile.points", [], "spec.targets[0].profile.points", "should have at least 1 items"),
     ("targets", [], "spec.targets", "should have at least 1 items"),
     (
+        "oversubscription",
+        {"maxRatio": 0.8},
+        "spec.oversubscription.maxRatio",
+        "oversubscription.maxRatio must be between 1.0 and 3",
+    ),
+    (
+        "oversubscription",
+        {"maxRatio": 12},
+        "spec.oversubscription.maxRatio",
+        "oversubscription.maxRatio must be between 1.0 and 3",
+    ),
+    (
+        "oversubscription",
+        {"maxRatio": 1.3, "guardTargetRatio": 0.85, "guardReleaseRatio": 0.9},
+        "spec.oversubscription.guardReleaseRatio",
+        "must be below guardTargetRatio",
+    ),
+    (
         "safeDefaultWatts",
         750,
         "spec.safeDefaultWatts",

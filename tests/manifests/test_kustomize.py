@@ -81,16 +81,18 @@ def _node_only_rules(role: dict[str, Any]) -> bool:
     return all(rule["apiGroups"] == [""] and rule["resources"] == ["nodes"] for rule in role["rules"])
 
 
-def test_agent_role_is_read_only() -> None:
-    verbs = {
-        verb
+def test_agent_role_writes_only_the_status_of_pods() -> None:
+    writes = {
+        (resource, verb)
         for rule in _cluster_role(render("manifests"), "gpupower-agent")["rules"]
+        for resource in rule["resources"]
         for verb in rule["verbs"]
+        if verb not in {"get", "list", "watch"}
     }
-    assert verbs <= {"get", "list", "watch"}, f"the agent role writes: {verbs}"
+    assert writes == {("pods/status", "patch")}, f"the agent role writes: {writes}"
 
 
-def test_the_agent_writes_nothing_but_nodes_and_only_get_and_patch_them() -> None:
+def test_the_agent_writes_only_its_node_and_pod_conditions_and_admission_holds_it_to_its_node() -> None:
     documents = render("manifests")
     agent_roles = [
         d
@@ -100,6 +102,11 @@ def test_the_agent_writes_nothing_but_nodes_and_only_get_and_patch_them() -> Non
     assert {d["metadata"]["name"] for d in agent_roles} == {"gpupower-agent", "gpupower-agent-node-inventory"}
     inventory = _cluster_role(documents, "gpupower-agent-node-inventory")
     assert inventory["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    policies = {d["kind"]: d for d in documents if d["kind"].startswith("ValidatingAdmissionPolicy")}
+    assert set(policies) == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    rules = policies["ValidatingAdmissionPolicy"]["spec"]["matchConstraints"]["resourceRules"]
+    assert {r for rule in rules for r in rule["resources"]} == {"nodes", "pods/status"}
+    assert policies["ValidatingAdmissionPolicyBinding"]["spec"]["validationActions"] == ["Deny"]
 
 
 def test_the_operator_only_reads_nodes() -> None:

@@ -15,6 +15,7 @@ from gpupower_agent.nvml import GPU_MODELS, FakeGpuSpec, FakeNvml, NvmlErrorKind
 from gpupower_agent.podresources import FakePodResourcesServer, PodResourcesMapping
 from gpupower_agent.state import load_state
 from gpupower_api.contract import HeldWatts, PowerCappedReason, held_watts_from_message
+from gpupower_api.models import Oversubscription
 from gpupower_api.selectors import parse_selector
 
 BUDGET = BudgetView("ns", "llm", 300, (Grant("decode", parse_selector("app=decode"), 500),))
@@ -226,3 +227,57 @@ async def test_the_condition_says_what_nvml_reads_back(node: Node) -> None:
     capped = result.conditions[PodKey("ns", "a")]
     assert (capped.status, capped.reason) == (True, PowerCappedReason.CAPPED)
     assert held_watts_from_message(capped.message) == HeldWatts(1, 450)
+
+
+OVERSUBSCRIBED = BudgetView(
+    "ns",
+    "llm",
+    300,
+    (Grant("decode", parse_selector("app=decode"), 500, gpu_draw_watts=250.0),),
+    oversubscription=Oversubscription(max_ratio=2.0),
+)
+
+
+async def test_the_draw_guard_engages_on_a_surge_and_releases_in_steps(tmp_path: Path) -> None:
+    load = tmp_path / "load.json"
+    nvml = FakeNvml("node", FakeGpuSpec(2, GPU_MODELS["h100-sxm"]), tmp_path / "gpus.json", load_path=load)
+    uuids = [g.uuid for g in nvml.gpus()]
+    clock = Clock()
+    metrics = AgentMetrics()
+    with FakePodResourcesServer(tmp_path / "kubelet.sock") as server:
+        mapping = PodResourcesMapping(server.socket_path)
+        agent = Agent("node", nvml, mapping, metrics, 250, tmp_path / "state.json", clock=clock)
+        agent._guard_read_once = True  # running for a while already: budgets do not start guarded
+        for index, uuid in enumerate(uuids):
+            server.allocate(PodKey("ns", f"p{index}"), [uuid])
+        pods = [capped_pod(f"p{index}", 500) for index in range(2)]
+
+        async def reading(watts: float) -> None:
+            load.write_text(json.dumps({uuid: watts for uuid in uuids}))
+            clock.now += 1
+            await agent.reconcile(pods, [OVERSUBSCRIBED], guard_reading=True)
+
+        def labelled(name: str) -> float:
+            return metrics.registry.get_sample_value(name, {"budget_namespace": "ns", "budget": "llm"}) or 0.0
+
+        await reading(200)  # below the 2 x 250 W share: caps hold
+        assert [nvml.power_limit_watts(u) for u in uuids] == [500, 500]
+        await reading(480)  # one reading above: not yet
+        assert [nvml.power_limit_watts(u) for u in uuids] == [500, 500]
+        await reading(480)
+        assert [nvml.power_limit_watts(u) for u in uuids] == [225, 225]  # 0.9 x 250 W
+        assert labelled("gpupower_agent_guard_engaged") == 1
+        assert labelled("gpupower_agent_guard_engagements_total") == 1
+        result = await agent.reconcile(pods, [OVERSUBSCRIBED])
+        assert result is not None
+        guarded_pod = result.conditions[PodKey("ns", "p0")]
+        assert (guarded_pod.status, guarded_pod.reason) == (True, PowerCappedReason.GUARDED)
+        assert held_watts_from_message(guarded_pod.message) == HeldWatts(1, 225)
+        # The load falls under 0.8 x the share: a 25 % step every 10 s, back to the caps.
+        limits = []
+        for _ in range(45):
+            await reading(100)
+            limits.append(nvml.power_limit_watts(uuids[0]))
+        assert sorted(set(limits)) == [225, 300, 375, 450, 500]
+        assert labelled("gpupower_agent_guard_engaged") == 0
+        await mapping.close()

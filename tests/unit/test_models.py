@@ -327,3 +327,37 @@ def test_demand_query_and_preset_are_mutually_exclusive() -> None:
     raw["targets"][0]["demandQuery"] = "vector(1)"
     with pytest.raises(InvalidSpecError, match="demandQuery and preset are mutually exclusive"):
         parse_spec(raw)
+
+
+@pytest.mark.parametrize(
+    ("oversubscription", "words"),
+    [
+        ({"maxRatio": 0.5}, "maxRatio (0.5) must be between 1.0 and 3"),
+        ({"maxRatio": 3.5}, "maxRatio (3.5) must be between 1.0 and 3"),
+        (
+            {"maxRatio": 1.2, "guardReleaseRatio": 0.95},
+            "guardReleaseRatio (0.95) must be below guardTargetRatio",
+        ),
+        ({"maxRatio": 1.2, "guardReadings": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_an_unusable_oversubscription_is_refused_naming_the_field(
+    oversubscription: dict[str, object], words: str
+) -> None:
+    spec = {
+        "totalWatts": 4000,
+        "safeDefaultWatts": 200,
+        "oversubscription": oversubscription,
+        "targets": [
+            {
+                "name": "decode",
+                "workloadRef": {"name": "decode"},
+                "maxReplicas": 4,
+                "profile": {"points": [{"watts": 200, "throughput": 1}, {"watts": 400, "throughput": 2}]},
+            }
+        ],
+    }
+    with pytest.raises(InvalidSpecError) as raised:
+        parse_spec(spec)
+    assert raised.value.field.startswith("spec.oversubscription")
+    assert words in str(raised.value)

@@ -289,7 +289,18 @@ def test_problem_from_spec_applies_live_demand_cap_ranges_corrections_and_strate
     prefill, decode = problem.targets
     assert problem.strategy == Strategy.PROPORTIONAL
     assert (prefill.demand, prefill.cap_min_watts, prefill.cap_max_watts) == (None, 250, 600)
-    assert (decode.demand, decode.power_factor, decode.throughput_factor) == (40.0, 0.9, 1.1)
+    # Without oversubscription a GPU counts at its whole cap, however little it draws.
+    assert (decode.demand, decode.power_factor, decode.throughput_factor) == (40.0, 1.0, 1.1)
+    assert problem.cap_budget_watts is None
+    above = problem_from_spec(parse_spec(SPEC), corrections={"decode": (1.2, 1.0)})
+    assert above.targets[1].power_factor == 1.2  # drawing above the cap still counts, for safety
+
+
+def test_an_oversubscribed_spec_plans_on_the_draw_and_bounds_the_caps() -> None:
+    spec = parse_spec({**SPEC, "oversubscription": {"maxRatio": 1.5}})
+    problem = problem_from_spec(spec, corrections={"decode": (0.5, 1.0)})
+    assert problem.targets[1].power_factor == 0.5
+    assert problem.cap_budget_watts == pytest.approx(SPEC["totalWatts"] * 1.5)
 
 
 @pytest.mark.parametrize(

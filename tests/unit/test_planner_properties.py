@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gpupower_operator.planner import (
@@ -17,8 +17,10 @@ from gpupower_operator.planner import (
     TargetProblem,
     brute_force,
     cap_grid,
+    caps_milliwatts,
     clear_cache,
     desired_replicas,
+    fits,
     fits_budget,
     floor_watts,
     optimize,
@@ -83,7 +85,7 @@ def targets(draw: st.DrawFn, name: str, small: bool) -> TargetProblem:
             st.one_of(st.none(), st.just(0.0), st.floats(0.1, 60.0), st.sampled_from([3.0, 10.0, 12.5]))
         ),
         gpus_per_replica=draw(st.sampled_from([1, 1, 2, 4])),
-        power_factor=draw(st.sampled_from([1.0, 1.0, 0.85, 0.9, 1.1, 0.333])),
+        power_factor=draw(st.sampled_from([1.0, 1.0, 0.85, 0.9, 1.1, 0.333, 0.5, 0.6])),
         throughput_factor=draw(st.sampled_from([1.0, 1.0, 0.5, 0.7, 1.3])),
     )
 
@@ -117,10 +119,18 @@ def problems(draw: st.DrawFn, small: bool = True, medium: bool = False) -> Probl
             st.sampled_from([max(1.0, floor), max(1.0, ceiling), max(1.0, floor - 1), floor + 0.5]),
         )
     )
-    return Problem(total_watts=budget, targets=members, cap_step_watts=step)
+    # Oversubscribed now and then: the caps' sum bounded too, above the budget by a ratio.
+    ratio = draw(st.sampled_from([None, None, 1.0, 1.25, 1.5, 3.0]))
+    cap_budget = None if ratio is None else budget * ratio
+    return Problem(total_watts=budget, targets=members, cap_step_watts=step, cap_budget_watts=cap_budget)
 
 
 def assert_within_budget_or_exactly_the_floor(problem: Problem, result: Plan) -> None:
+    caps = sum(
+        caps_milliwatts(spec, t.replicas, t.cap_watts)
+        for spec, t in zip(problem.targets, result.targets, strict=True)
+    )
+    assert result.caps_watts == caps / 1000
     if result.feasible:
         assert fits_budget(
             [
@@ -130,17 +140,18 @@ def assert_within_budget_or_exactly_the_floor(problem: Problem, result: Plan) ->
             problem.total_watts,
         )
         assert result.watts <= problem.total_watts
+        if problem.cap_budget_watts is not None:
+            assert fits_budget([caps], problem.cap_budget_watts)
         assert result.infeasible_by_watts == 0
     else:
-        assert not fits_budget(
-            [target_milliwatts(t, t.min_replicas, t.cap_min_watts) for t in problem.targets],
-            problem.total_watts,
-        )
-        assert [(t.replicas, t.cap_watts) for t in result.targets] == [
-            (t.min_replicas, t.cap_min_watts) for t in problem.targets
-        ]
+        floor = [(t.min_replicas, t.cap_min_watts) for t in problem.targets]
+        assert not fits(problem, floor)
+        assert [(t.replicas, t.cap_watts) for t in result.targets] == floor
         assert result.infeasible_by_watts > 0
-        assert result.infeasible_by_watts == pytest.approx(result.watts - problem.total_watts, abs=0.001)
+        over = result.watts - problem.total_watts
+        if problem.cap_budget_watts is not None:
+            over = max(over, result.caps_watts - problem.cap_budget_watts)
+        assert result.infeasible_by_watts == pytest.approx(over, abs=0.002)
         assert result.binding
         assert result.reason.startswith("infeasible by ")
 
@@ -210,6 +221,24 @@ def test_optimize_is_deterministic_and_independent_of_target_order(problem: Prob
 def test_optimize_equals_brute_force_on_small_instances(problem: Problem) -> None:
     # The whole plan must match: served, watts, GPUs, every target's replicas and cap, the reason.
     assert optimize(problem) == brute_force(problem)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(small=True), st.lists(st.sampled_from([0.3, 0.5, 0.6, 0.8]), min_size=3, max_size=3))
+def test_optimize_equals_brute_force_when_oversubscription_bounds_the_caps(
+    problem: Problem, factors: list[float]
+) -> None:
+    """GPUs drawing well under their caps, the caps' sum bounded at 1.2 x the budget: often the caps bind."""
+    drawing_less = replace(
+        problem,
+        targets=tuple(replace(t, power_factor=f) for t, f in zip(problem.targets, factors, strict=False)),
+        cap_budget_watts=problem.total_watts * 1.2,
+    )
+    result = optimize(drawing_less)
+    unbounded = optimize(replace(drawing_less, cap_budget_watts=None))
+    event("the caps bound binds" if result != unbounded else "the caps bound does not bind")
+    assert result == brute_force(drawing_less)
+    assert result.caps_watts <= drawing_less.total_watts * 1.2 or not result.feasible
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -31,7 +31,9 @@ POINTS = tuple(ProfilePoint(p["watts"], p["throughput"]) for p in PROFILE)
 
 
 @pytest.fixture(scope="module")
-def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatedFleet]:
+def gpu_fleet(
+    crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SimulatedFleet]:
     """A node with a simulated kubelet and a real agent: corrections wait for the caps its agent confirms."""
     if not crd_installed.has_controllers:
         pytest.skip("the control-plane binaries have no kube-controller-manager (standard envtest download)")
@@ -44,7 +46,7 @@ def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def operator(
-    crd_installed: ControlPlane, fleet: SimulatedFleet, tmp_path_factory: pytest.TempPathFactory
+    crd_installed: ControlPlane, gpu_fleet: SimulatedFleet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     control_plane = crd_installed
     control_plane.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
@@ -117,8 +119,8 @@ class FleetSimulator:
             self._known = set(live)
 
 
-def budget(namespace: str, url: str, total_watts: int) -> dict[str, Any]:
-    return {
+def budget(namespace: str, url: str, total_watts: int, oversubscribed: bool = False) -> dict[str, Any]:
+    doc = {
         "apiVersion": "gpupower.dev/v1alpha1",
         "kind": "GpuPowerBudget",
         "metadata": {"name": "llama", "namespace": namespace},
@@ -146,6 +148,10 @@ def budget(namespace: str, url: str, total_watts: int) -> dict[str, Any]:
             ],
         },
     }
+    if oversubscribed:
+        # GPUs drawing less than their caps free watts only for a budget that opts into oversubscription.
+        doc["spec"]["oversubscription"] = {"maxRatio": 1.5}
+    return doc
 
 
 def status(cp: ControlPlane, namespace: str) -> dict[str, Any]:
@@ -175,11 +181,11 @@ def ns(operator: OperatorProcess, namespace: str, control_plane: ControlPlane) -
 
 
 def test_operator_follows_demand_and_spends_the_watts_gpus_leave_unused(
-    control_plane: ControlPlane, prometheus: PrometheusStack, fleet: SimulatedFleet, ns: str
+    control_plane: ControlPlane, prometheus: PrometheusStack, gpu_fleet: SimulatedFleet, ns: str
 ) -> None:
     cp = control_plane
-    cp.apply(gpu_deployment("decode", ns, 1, node_selector=fleet.node_selector, container="vllm"))
-    cp.apply(budget(ns, prometheus.url, total_watts=2000))
+    cp.apply(gpu_deployment("decode", ns, 1, node_selector=gpu_fleet.node_selector, container="vllm"))
+    cp.apply(budget(ns, prometheus.url, total_watts=2000, oversubscribed=True))
     with FleetSimulator(cp, prometheus, ns) as fleet:
         fleet.load.demand = 12
         first = wait_for(
@@ -238,10 +244,10 @@ def test_operator_follows_demand_and_spends_the_watts_gpus_leave_unused(
 
 
 def test_prometheus_down_keeps_the_last_plan_and_recovery_resumes(
-    control_plane: ControlPlane, prometheus: PrometheusStack, fleet: SimulatedFleet, ns: str
+    control_plane: ControlPlane, prometheus: PrometheusStack, gpu_fleet: SimulatedFleet, ns: str
 ) -> None:
     cp = control_plane
-    cp.apply(gpu_deployment("decode", ns, 1, node_selector=fleet.node_selector, container="vllm"))
+    cp.apply(gpu_deployment("decode", ns, 1, node_selector=gpu_fleet.node_selector, container="vllm"))
     cp.apply(budget(ns, prometheus.url, total_watts=4000))
     with FleetSimulator(cp, prometheus, ns) as fleet:
         fleet.load.demand = 18
