@@ -88,7 +88,9 @@ def plan_around(problem: planner.Problem, reservation: Reservation) -> planner.P
     cap; every other target as usual. The result counts the pod back in: its
     target's replicas, watts and capacity include it, so ``/scale`` keeps it.
     None when the rest of the fleet's floor does not fit beside the
-    reservation: never more power than ``totalWatts``.
+    reservation: never more power than ``totalWatts``. The reservation counts
+    the pod's caps in full, also against an oversubscribed budget's bound on
+    the caps (``totalWatts`` x ``maxRatio``), whatever its GPUs draw.
     """
     names = [t.name for t in problem.targets]
     if reservation.target not in names:
@@ -97,7 +99,9 @@ def plan_around(problem: planner.Problem, reservation: Reservation) -> planner.P
     target = problem.targets[index]
     reserved = reserved_watts(problem, reservation)
     remaining = problem.total_watts - reserved
-    if remaining <= 0:
+    # Oversubscribed: the caps' own bound (totalWatts x maxRatio) holds the reservation too.
+    cap_budget = None if problem.cap_budget_watts is None else problem.cap_budget_watts - reserved
+    if remaining <= 0 or (cap_budget is not None and cap_budget <= 0):
         return None
     served_by_pod = planner.replica_throughput(target, reservation.cap_watts)
     rest_target = replace(
@@ -110,6 +114,7 @@ def plan_around(problem: planner.Problem, reservation: Reservation) -> planner.P
         replace(
             problem,
             total_watts=remaining,
+            cap_budget_watts=cap_budget,
             targets=(*problem.targets[:index], rest_target, *problem.targets[index + 1 :]),
         )
     )
@@ -126,6 +131,7 @@ def plan_around(problem: planner.Problem, reservation: Reservation) -> planner.P
         demand=target.demand,
         served_fraction=planner.served_fraction(capacity, target.demand),
         gpus=planned.gpus + target.gpus_per_replica,
+        caps_watts=planned.caps_watts + reserved,
     )
     targets = (*rest.targets[:index], whole, *rest.targets[index + 1 :])
     return replace(
@@ -137,6 +143,8 @@ def plan_around(problem: planner.Problem, reservation: Reservation) -> planner.P
         reason=f"measuring one {target.name} pod at {reservation.cap_watts} W per GPU "
         f"({reserved:g} W reserved); the rest: {rest.reason}",
         floor_watts=rest.floor_watts + reserved,
+        caps_watts=rest.caps_watts + reserved,
+        cap_budget_watts=problem.cap_budget_watts,
     )
 
 

@@ -71,6 +71,20 @@ def test_a_cap_the_budget_cannot_hold_beside_the_rest_of_the_fleet_is_refused_an
     assert "reserves 700 W" in message and "floor (400 W)" in message and "850 W" in message
 
 
+def test_an_oversubscribed_budget_holds_the_reservation_within_its_bound_on_the_caps() -> None:
+    problem = Problem(
+        1000, (target_problem(min_replicas=1, max_replicas=6, demand=80.0),), cap_budget_watts=1300
+    )
+    around = sweep.plan_around(problem, sweep.Reservation("decode", 400))
+    assert around is not None
+    assert around.caps_watts <= 1300 and around.cap_budget_watts == 1300
+    assert around.target("decode").caps_watts == around.caps_watts
+    # Two replicas at least: one beside the pod, whose floor (200 W) does not fit in 500 - 400 W of caps.
+    tight = replace(problem, targets=(target_problem(min_replicas=2, demand=80.0),), cap_budget_watts=500)
+    assert sweep.plan_around(tight, sweep.Reservation("decode", 400)) is None
+    assert sweep.plan_around(tight, sweep.Reservation("decode", 300)) is not None
+
+
 def test_a_reservation_reserves_every_gpu_of_the_pod() -> None:
     problem = Problem(2000, (target_problem(gpus_per_replica=2),))
     around = sweep.plan_around(problem, sweep.Reservation("decode", 300))
