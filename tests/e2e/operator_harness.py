@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import signal
 import socket
@@ -22,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import yaml
 from aiohttp import web
 
 from tests.children import tied_to_this_process
-from tests.envtest import ControlPlane, source_env
+from tests.envtest import REPO, ControlPlane, source_env
 
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -278,3 +279,36 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+
+
+def install_operator_rbac(control_plane: ControlPlane) -> None:
+    """The operator's namespace and RBAC from manifests/."""
+    control_plane.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
+    control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
+
+
+@contextlib.contextmanager
+def running_operator(
+    control_plane: ControlPlane,
+    directory: Path,
+    resync_seconds: float = 2.0,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[OperatorProcess]:
+    """The real operator under its own ServiceAccount (straight to the API server), stopped after."""
+    install_operator_rbac(control_plane)
+    kubeconfig = control_plane.service_account_kubeconfig("gpupower-system", "gpupower-operator", directory)
+    process = OperatorProcess(kubeconfig, directory / "operator.log", resync_seconds, extra_args)
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+        print(f"operator log: {process.log_path}\n{process.log_tail(60)}")
+
+
+def clean_namespace(control_plane: ControlPlane, namespace: str) -> None:
+    """A test's budgets (while their operator runs), workloads and never-running pods, removed."""
+    control_plane.kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
+    control_plane.kubectl("delete", "deployment", "--all", "-n", namespace, "--wait=false", check=False)
+    control_plane.kubectl(
+        "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False
+    )

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gpupower_agent.cluster import PodKey
 from tests.e2e.agentkit import annotate
 from tests.e2e.budgetkit import budget, condition, expected_plan, get_budget, live_pods, target, wait_ready
 from tests.e2e.fleetkit import SimulatedFleet
-from tests.e2e.operator_harness import OperatorProcess
-from tests.envtest import REPO, ControlPlane, unique_name, wait_for
+from tests.e2e.operator_harness import OperatorProcess, clean_namespace, running_operator
+from tests.envtest import ControlPlane, unique_name, wait_for
 from tests.workloads import gpu_deployment
 
 pytestmark = [pytest.mark.envtest, pytest.mark.controllers]
@@ -44,8 +43,6 @@ def rig(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
     cp = crd_installed
     if not cp.has_controllers:
         pytest.skip("the control-plane binaries have no kube-controller-manager (standard envtest download)")
-    cp.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
-    cp.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
     names = [unique_name("truth-node") for _ in range(2)]
     pools = {name: unique_name("pool") for name in names}
     fleet = SimulatedFleet(
@@ -57,30 +54,22 @@ def rig(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
         start_seconds=1.0,
         labels={name: {"gpupower.test/pool": pool} for name, pool in pools.items()},
     ).start()
-    directory = tmp_path_factory.mktemp("truth-operator")
-    kubeconfig = cp.service_account_kubeconfig("gpupower-system", "gpupower-operator", directory)
-    operator = OperatorProcess(
-        kubeconfig,
-        directory / "operator.log",
-        resync_seconds=2.0,
-        extra_args=("--enforcement-timeout-seconds", str(ENFORCEMENT_TIMEOUT_SECONDS)),
-    )
     try:
-        operator.start()
-        yield Rig(cp, fleet, operator, pools)
+        with running_operator(
+            cp,
+            tmp_path_factory.mktemp("truth-operator"),
+            extra_args=("--enforcement-timeout-seconds", str(ENFORCEMENT_TIMEOUT_SECONDS)),
+        ) as operator:
+            yield Rig(cp, fleet, operator, pools)
     finally:
-        operator.stop()
         fleet.stop()
-        print(f"operator log:\n{operator.log_tail(60)}\n{fleet.logs()}")
+        print(fleet.logs())
 
 
 @pytest.fixture
 def ns(rig: Rig, namespace: str) -> Iterator[str]:
     yield namespace
-    kubectl = rig.control_plane.kubectl
-    kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
-    kubectl("delete", "deployment", "--all", "-n", namespace, "--wait=false", check=False)
-    kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False)
+    clean_namespace(rig.control_plane, namespace)
 
 
 @dataclass

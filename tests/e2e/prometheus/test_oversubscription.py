@@ -13,17 +13,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gpupower_operator.planner import ProfilePoint, throughput_at
 from tests.e2e.fleetkit import SimulatedFleet
-from tests.e2e.operator_harness import OperatorProcess
+from tests.e2e.operator_harness import OperatorProcess, running_operator
 from tests.e2e.promkit import PodTraffic, PrometheusStack
-from tests.envtest import REPO, ControlPlane, unique_name, wait_for
+from tests.envtest import ControlPlane, unique_name, wait_for
 from tests.workloads import gpu_deployment
 
 pytestmark = [pytest.mark.envtest, pytest.mark.controllers, pytest.mark.prometheus]
@@ -55,17 +53,9 @@ def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
 def operator(
     crd_installed: ControlPlane, fleet: SimulatedFleet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    cp = crd_installed
-    cp.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
-    cp.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
-    directory: Path = tmp_path_factory.mktemp("oversubscribed-operator")
-    kubeconfig = cp.service_account_kubeconfig("gpupower-system", "gpupower-operator", directory)
-    process = OperatorProcess(kubeconfig, directory / "operator.log", resync_seconds=2.0)
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        print(f"operator log:\n{process.log_tail(60)}\n{fleet.logs()}")
+    with running_operator(crd_installed, tmp_path_factory.mktemp("oversubscribed-operator")) as process:
+        yield process
+    print(fleet.logs())
 
 
 @pytest.fixture

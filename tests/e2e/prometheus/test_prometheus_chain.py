@@ -28,10 +28,13 @@ WINDOW_SECONDS = 5
 PROFILE: dict[str, Any] = {"points": [{"watts": 200, "throughput": 5}, {"watts": 400, "throughput": 10}]}
 
 
-def budget_spec(url: str, total_watts: int = 4000, **target: Any) -> BudgetSpec:
+def budget_spec(
+    url: str, total_watts: int = 4000, oversubscription: dict[str, Any] | None = None, **target: Any
+) -> BudgetSpec:
     return parse_spec(
         {
             "totalWatts": total_watts,
+            **({"oversubscription": oversubscription} if oversubscription else {}),
             "safeDefaultWatts": 300,
             "prometheus": {
                 "url": url,
@@ -209,8 +212,9 @@ async def test_quiet_engine_is_no_signal_and_keeps_the_last_good_demand(promethe
 
 
 async def test_power_below_cap_frees_watts_for_a_later_plan(prometheus: PrometheusStack) -> None:
-    # Demand above what 2000 W can serve at raw caps: the budget binds, so freed watts buy capacity.
-    loop = Loop(prometheus, budget_spec(prometheus.url, total_watts=2000))
+    # Demand above what 2000 W can serve at raw caps: the budget binds, so freed watts buy capacity
+    # (a budget opts into that: planned on what its GPUs draw, more caps than watts, a guard under it).
+    loop = Loop(prometheus, budget_spec(prometheus.url, total_watts=2000, oversubscription={"maxRatio": 1.5}))
     loop.fleet.demand, loop.fleet.power_fraction = 72, 1.0
     await loop.until(lambda: close_to(loop.decode().demand, 72.0), 30, "demand of 72 req/s")
     first = loop.decode()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +15,9 @@ import yaml
 
 from gpupower_operator.planner import ProfilePoint, throughput_at
 from tests.e2e.fleetkit import SimulatedFleet
-from tests.e2e.operator_harness import OperatorProcess
+from tests.e2e.operator_harness import OperatorProcess, clean_namespace, running_operator
 from tests.e2e.promkit import PodTraffic, PrometheusStack, close_to
-from tests.envtest import REPO, ControlPlane, unique_name, wait_for
+from tests.envtest import ControlPlane, unique_name, wait_for
 from tests.workloads import gpu_deployment
 
 pytestmark = [pytest.mark.envtest, pytest.mark.controllers, pytest.mark.prometheus]
@@ -48,17 +47,8 @@ def gpu_fleet(
 def operator(
     crd_installed: ControlPlane, gpu_fleet: SimulatedFleet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    control_plane = crd_installed
-    control_plane.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
-    control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
-    directory: Path = tmp_path_factory.mktemp("operator-prometheus")
-    kubeconfig = control_plane.service_account_kubeconfig(SYSTEM_NAMESPACE, ACCOUNT, directory)
-    process = OperatorProcess(kubeconfig, directory / "operator.log", resync_seconds=1.0)
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        print(f"operator log: {process.log_path}\n{process.log_tail(40)}")
+    with running_operator(crd_installed, tmp_path_factory.mktemp("operator-prometheus"), 1.0) as process:
+        yield process
 
 
 @dataclass
@@ -173,11 +163,7 @@ def metrics_available(cp: ControlPlane, namespace: str) -> str | None:
 @pytest.fixture
 def ns(operator: OperatorProcess, namespace: str, control_plane: ControlPlane) -> Iterator[str]:
     yield namespace
-    control_plane.kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
-    control_plane.kubectl("delete", "deployment", "--all", "-n", namespace, "--wait=false", check=False)
-    control_plane.kubectl(
-        "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False
-    )
+    clean_namespace(control_plane, namespace)
 
 
 def test_operator_follows_demand_and_spends_the_watts_gpus_leave_unused(
