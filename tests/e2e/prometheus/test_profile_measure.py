@@ -25,10 +25,10 @@ from gpupower_api.models import parse_spec
 from gpupower_operator.planner import ProfilePoint, plan, problem_from_spec, throughput_at
 from tests.e2e.budgetkit import expected_plan, get_budget, live_pods, wait_ready
 from tests.e2e.fleetkit import SimulatedFleet
-from tests.e2e.operator_harness import OperatorProcess
+from tests.e2e.operator_harness import OperatorProcess, clean_namespace, running_operator
 from tests.e2e.promkit import PodTraffic, PrometheusStack
 from tests.e2e.test_hardware_truth import Sampler
-from tests.envtest import REPO, ControlPlane, source_env, unique_name, wait_for
+from tests.envtest import ControlPlane, source_env, unique_name, wait_for
 from tests.workloads import gpu_deployment
 
 pytestmark = [pytest.mark.envtest, pytest.mark.controllers, pytest.mark.prometheus]
@@ -59,22 +59,11 @@ def operator(
     prometheus_stack: PrometheusStack,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    cp = crd_installed
-    cp.apply(yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text()))
-    cp.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
-    directory: Path = tmp_path_factory.mktemp("measure-operator")
-    kubeconfig = cp.service_account_kubeconfig("gpupower-system", "gpupower-operator", directory)
-    process = OperatorProcess(
-        kubeconfig,
-        directory / "operator.log",
-        resync_seconds=2.0,
-        extra_args=("--prometheus-url", prometheus_stack.url),
-    )
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        print(f"operator log:\n{process.log_tail(80)}\n{fleet.logs()}")
+    directory = tmp_path_factory.mktemp("measure-operator")
+    extra = ("--prometheus-url", prometheus_stack.url)
+    with running_operator(crd_installed, directory, 2.0, extra) as process:
+        yield process
+    print(fleet.logs())
 
 
 def budget_doc(namespace: str, mode: str = "Enforce") -> dict[str, Any]:
@@ -147,11 +136,8 @@ class EngineExporter:
 @pytest.fixture
 def ns(crd_installed: ControlPlane, namespace: str, prometheus_stack: PrometheusStack) -> Iterator[str]:
     yield namespace
-    kubectl = crd_installed.kubectl
-    kubectl("delete", "gpr", "--all", "-n", namespace, "--timeout=30s", check=False)
-    kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
-    kubectl("delete", "deployment", "--all", "-n", namespace, "--wait=false", check=False)
-    kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False)
+    crd_installed.kubectl("delete", "gpr", "--all", "-n", namespace, "--timeout=30s", check=False)
+    clean_namespace(crd_installed, namespace)
     for pod in list(prometheus_stack.exporter._pods):
         if pod[0] == namespace:
             prometheus_stack.exporter.remove_pod(*pod)
