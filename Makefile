@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed
 ENVTEST_KIT ?= $(abspath ../shared/envtest)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install crds docs prometheus lint format envtest nvmlstub test test-unit test-cluster demo demo-prometheus bench clean requirements images
+.PHONY: help install crds docs monitoring prometheus lint format envtest nvmlstub test test-unit test-cluster demo demo-prometheus bench clean requirements images
 
 help:
 	@echo "make demo   - install, then run the operator and agents on a local control plane with simulated GPUs"
 	@echo "make test   - install, lint, and run every test (unit, property, end-to-end on a real API server)"
 	@echo "make crds   - regenerate the CRDs in crds/ from the API models"
+	@echo "make monitoring - regenerate the Grafana dashboard and the PrometheusRule under manifests/monitoring"
 	@echo "make bench  - run the benchmarks under bench/"
 
 $(STAMP): pyproject.toml
@@ -32,10 +33,14 @@ crds: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m gpupower_api.reference README.md
 
+# The Grafana dashboard (JSON and ConfigMap) and the PrometheusRule, from monitoring/ and the rules file.
+monitoring: $(STAMP)
+	$(PY) -m monitoring
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy api/gpupower_api operator/gpupower_operator agent/gpupower_agent
+	$(VENV)/bin/mypy api/gpupower_api operator/gpupower_operator agent/gpupower_agent monitoring
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -57,12 +62,13 @@ envtest:
 
 # The real Prometheus server the Prometheus tests run on loopback (Debian's package).
 prometheus:
-	@command -v prometheus >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 		echo "installing Debian's prometheus for the tests"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	}
 	@prometheus --version 2>&1 | head -1
+	@promtool --version 2>&1 | head -1
 
 # The stand-in libnvidia-ml.so.1 the tests load through pynvml to run the agent's real NVML path.
 NVMLSTUB := tests/nvmlstub/build/libnvidia-ml.so.1
@@ -112,6 +118,7 @@ bench: install envtest nvmlstub
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_rss.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/agent_latency.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/operator_scale.py
+	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/operator_failover.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/new_replica_cap.py
 	GPUPOWER_ENVTEST_KIT=$(ENVTEST_KIT)/start-envtest $(PY) bench/guard_reaction.py
 	$(PY) bench/oversubscription_value.py

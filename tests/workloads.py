@@ -36,3 +36,21 @@ def gpu_deployment(
             "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
         },
     }
+
+
+def gpu_statefulset(
+    name: str, namespace: str, replicas: int, gpus: int = 1, node_selector: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A StatefulSet of the same pods (``NAME-0``, ``NAME-1``, ...), created and removed in parallel.
+
+    Parallel pod management: with the default OrderedReady the controller waits for each pod to be
+    Ready before the next, and pods never run here.
+    """
+    deployment = gpu_deployment(name, namespace, replicas, gpus=gpus, node_selector=node_selector)
+    spec = deployment["spec"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {**spec, "serviceName": name, "podManagementPolicy": "Parallel"},
+    }

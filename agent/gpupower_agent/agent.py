@@ -335,6 +335,7 @@ class Agent:
             ]
             state = self._guards.get(key)
             if state is None:
+                self.metrics.guard_engagements_total.labels(*key)  # the series exists from the start
                 state = guard.starting(gpus) if not self._guard_read_once else guard.GuardState()
                 if state.engaged:
                     self._guard_event(key, guard.GuardEvent.ENGAGED, gpus, state, None)

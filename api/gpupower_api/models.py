@@ -298,6 +298,23 @@ class PresetMetric(StrEnum):
 class DemandPreset(ApiModel):
     """Demand from a serving engine's own metrics, scoped to the target's pods; no PromQL to write."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.engine != 'dynamo' || has(self.frontend)",
+                    "preset.frontend is required for engine dynamo: the Deployment of the graph's frontend",
+                    ".frontend",
+                ),
+                cel(
+                    "self.engine == 'dynamo' || !has(self.frontend)",
+                    "preset.frontend applies to engine dynamo only",
+                    ".frontend",
+                ),
+            ]
+        }
+    )
+
     engine: Engine = Field(
         description="Serving engine whose metrics give the demand: vllm, sglang or dynamo."
     )
@@ -308,6 +325,23 @@ class DemandPreset(ApiModel):
     window_seconds: int = Field(
         default=60, ge=5, le=3600, description="Rate window of the demand and latency queries in seconds."
     )
+    frontend: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="dynamo only (required): the Deployment of the graph's frontend, whose pods export the "
+        "dynamo_frontend_* series.",
+    )
+
+    @model_validator(mode="after")
+    def _frontend_for_dynamo(self) -> Self:
+        # A Dynamo graph's frontend, not its workers, exports the request and token series.
+        if self.engine is Engine.DYNAMO and self.frontend is None:
+            raise ValueError("frontend is required for engine dynamo: the Deployment of the graph's frontend")
+        if self.engine is not Engine.DYNAMO and self.frontend is not None:
+            raise ValueError(f"frontend applies to engine dynamo only, not {self.engine.value}")
+        return self
 
 
 class Sla(ApiModel):
@@ -779,6 +813,10 @@ class BudgetStatus(ApiModel):
     )
     caps_watts: float | None = Field(
         default=None, description="The planned caps summed over all targets' GPUs, in watts."
+    )
+    caps_limit_watts: float | None = Field(
+        default=None,
+        description="What the caps may sum to: totalWatts, or totalWatts x maxRatio when oversubscribed (W).",
     )
     planned_draw_watts: float | None = Field(
         default=None,

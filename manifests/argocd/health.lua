@@ -1,7 +1,8 @@
 -- Argo CD health check for gpupower.dev/GpuPowerBudget.
 --   Healthy:     Ready is True for the current generation.
 --   Degraded:    the budget is infeasible, a target cannot be resolved, the
---                spec is invalid, or another budget owns some of its pods.
+--                spec is invalid, no cap fits the nodes' GPUs (CapRangeEmpty),
+--                or another budget owns some of its pods.
 --   Progressing: the operator has not planned this generation yet, or the
 --                plan is still being applied.
 local hs = {}
@@ -46,7 +47,9 @@ if resolved ~= nil and resolved.status == "False" then
   hs.message = resolved.message or "A target cannot be resolved"
   return hs
 end
-if ready ~= nil and ready.status == "False" and (ready.reason == "InvalidSpec" or ready.reason == "PlanFailed") then
+-- Reasons the operator cannot get past by itself: a person must change the spec or the nodes.
+local stuck = {InvalidSpec = true, PlanFailed = true, CapRangeEmpty = true}
+if ready ~= nil and ready.status == "False" and stuck[ready.reason] then
   hs.status = "Degraded"
   hs.message = ready.message or ready.reason
   return hs

@@ -17,6 +17,7 @@ from kubernetes_asyncio import client
 from gpupower_operator import handlers, measurements
 from gpupower_operator.config import ConfigError, OperatorConfig, parse_config
 from gpupower_operator.kube import KubeCluster, connection_info, load_configuration
+from gpupower_operator.leader import LeaderElector
 from gpupower_operator.metrics import OperatorMetrics, metrics_app
 from gpupower_operator.podwatch import PodWatch, nodes_path
 from gpupower_operator.signals import SignalSource, kubernetes_secret_reader
@@ -28,10 +29,9 @@ FINALIZER = "gpupower.dev/finalizer"
 
 def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    settings.peering.standalone = config.peering is None
-    if config.peering is not None:
-        settings.peering.name = config.peering
-        settings.peering.mandatory = True
+    # One active replica is chosen by our Lease (gpupower_operator.leader), not by kopf's peering:
+    # kopf runs only in the replica that holds the Lease.
+    settings.peering.standalone = True
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gpupower.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -95,30 +95,45 @@ async def run(config: OperatorConfig) -> None:
     runtime.nodes_synced = node_watch.synced
     watching_nodes = asyncio.create_task(node_watch.run(), name="node-watch")
     ready = asyncio.Event()
-    app = metrics_app(metrics, ready.is_set)
+    elector = LeaderElector(api, config.leader_election) if config.leader_election else None
+
+    def healthy() -> bool:
+        # A standby replica is healthy while it waits: only the active one needs kopf to be ready.
+        return ready.is_set() or (elector is not None and not elector.leading)
+
+    app = metrics_app(metrics, healthy)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host="0.0.0.0", port=config.metrics_port)
     await site.start()
     log.info(
-        "starting namespaces=%s resync_seconds=%g metrics_port=%d peering=%s server=%s",
+        "starting namespaces=%s resync_seconds=%g metrics_port=%d leader_election=%s server=%s",
         ",".join(config.namespaces) or "*",
         config.resync_seconds,
         config.metrics_port,
-        config.peering or "standalone",
+        elector.identity if elector else "off",
         configuration.host,
     )
     try:
-        await kopf.operator(
-            registry=registry,
-            settings=kopf_settings(config),
-            standalone=config.peering is None,
-            peering_name=config.peering,
-            clusterwide=not config.namespaces,
-            namespaces=config.namespaces,
-            liveness_endpoint=config.liveness_endpoint,
-            ready_flag=ready,
+        if elector is not None:
+            metrics.leader.set(0)
+            await elector.acquire()
+        metrics.leader.set(1)
+        operating = asyncio.ensure_future(
+            kopf.operator(
+                registry=registry,
+                settings=kopf_settings(config),
+                standalone=True,
+                clusterwide=not config.namespaces,
+                namespaces=config.namespaces,
+                liveness_endpoint=config.liveness_endpoint,
+                ready_flag=ready,
+            )
         )
+        if elector is not None:
+            await _operate_while_leading(operating, elector)
+        else:
+            await operating
     finally:
         for task in (watching, watching_nodes):
             task.cancel()
@@ -127,6 +142,27 @@ async def run(config: OperatorConfig) -> None:
         await runner.cleanup()
         await api.close()
         log.info("stopped")
+
+
+async def _operate_while_leading(operating: asyncio.Future[None], elector: LeaderElector) -> None:
+    """Run kopf while the Lease is ours. Losing it ends the process at once: no write may follow."""
+    holding = asyncio.ensure_future(elector.hold())
+    await asyncio.wait({operating, holding}, return_when=asyncio.FIRST_COMPLETED)
+    if holding.done():
+        error = holding.exception()
+        log.error(
+            "leadership lost identity=%s error=%s; exiting so that another replica acts",
+            elector.identity,
+            error,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+    holding.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await holding
+    await elector.release()
+    operating.result()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

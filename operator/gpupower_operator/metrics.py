@@ -15,9 +15,12 @@ from prometheus_client import (
     generate_latest,
 )
 
-from gpupower_api.models import BudgetStatus
+from gpupower_api.models import BudgetStatus, ConditionStatus, TargetStatus
 
 _BUDGET_LABELS = ("namespace", "budget")
+_TARGET_LABELS = ("namespace", "budget", "target")
+_CONDITION_LABELS = ("namespace", "budget", "type", "status")
+_CONDITION_STATUSES = tuple(status.value for status in ConditionStatus)
 
 
 class OperatorMetrics:
@@ -38,6 +41,24 @@ class OperatorMetrics:
         self.enforced_watts = Gauge(
             "gpupower_operator_enforced_watts",
             "What a budget's GPUs can hold at most now, from what the agents report they hold.",
+            _BUDGET_LABELS,
+            registry=r,
+        )
+        self.caps_watts = Gauge(
+            "gpupower_operator_caps_watts",
+            "The planned caps summed over a budget's GPUs.",
+            _BUDGET_LABELS,
+            registry=r,
+        )
+        self.caps_limit_watts = Gauge(
+            "gpupower_operator_caps_limit_watts",
+            "What a budget's caps may sum to: totalWatts, or totalWatts x maxRatio when oversubscribed.",
+            _BUDGET_LABELS,
+            registry=r,
+        )
+        self.planned_draw_watts = Gauge(
+            "gpupower_operator_planned_draw_watts",
+            "What a budget's plan expects its GPUs to draw (caps x power factors).",
             _BUDGET_LABELS,
             registry=r,
         )
@@ -75,6 +96,24 @@ class OperatorMetrics:
             registry=r,
         )
         self.budgets = Gauge("gpupower_operator_budgets", "Budgets the operator reconciles.", registry=r)
+        self.condition = Gauge(
+            "gpupower_operator_condition",
+            "1 for the status a budget's condition has (True, False or Unknown), 0 for the other two.",
+            _CONDITION_LABELS,
+            registry=r,
+        )
+        # Per target: the plan and what it serves (series absent where the status has no value).
+        self.target_gauges: dict[str, tuple[Gauge, Callable[[TargetStatus], float | None]]] = {
+            name: (Gauge(f"gpupower_operator_target_{name}", help_text, _TARGET_LABELS, registry=r), read)
+            for name, help_text, read in _TARGET_SERIES
+        }
+        self._targets: dict[tuple[str, str], set[str]] = {}
+        self._conditions: dict[tuple[str, str], set[str]] = {}
+        self.leader = Gauge(
+            "gpupower_operator_leader",
+            "1 while this replica is the active one (holds the Lease, or runs standalone), 0 on standby.",
+            registry=r,
+        )
 
     def record_status(self, namespace: str, name: str, status: BudgetStatus) -> None:
         labels = (namespace, name)
@@ -82,6 +121,9 @@ class OperatorMetrics:
             (self.budget_watts, status.budget_watts),
             (self.planned_watts, status.planned_watts),
             (self.enforced_watts, status.enforced_watts),
+            (self.caps_watts, status.caps_watts),
+            (self.planned_draw_watts, status.planned_draw_watts),
+            (self.caps_limit_watts, status.caps_limit_watts),
             (self.observed_watts, status.observed_watts),
             (self.served_fraction, status.served_fraction),
             (self.utilization, status.utilization),
@@ -92,18 +134,85 @@ class OperatorMetrics:
                     gauge.remove(*labels)
             else:
                 gauge.labels(*labels).set(value)
+        self._record_conditions(namespace, name, status)
+        self._record_targets(namespace, name, status)
+
+    def _record_conditions(self, namespace: str, name: str, status: BudgetStatus) -> None:
+        types = {condition.type for condition in status.conditions}
+        for gone in self._conditions.get((namespace, name), set()) - types:
+            for value in _CONDITION_STATUSES:
+                with contextlib.suppress(KeyError):
+                    self.condition.remove(namespace, name, gone, value)
+        for condition in status.conditions:
+            for value in _CONDITION_STATUSES:
+                current = 1.0 if condition.status.value == value else 0.0
+                self.condition.labels(namespace, name, condition.type, value).set(current)
+        self._conditions[(namespace, name)] = types
+
+    def _record_targets(self, namespace: str, name: str, status: BudgetStatus) -> None:
+        names = {target.name for target in status.targets}
+        for gone in self._targets.get((namespace, name), set()) - names:
+            for gauge, _ in self.target_gauges.values():
+                with contextlib.suppress(KeyError):
+                    gauge.remove(namespace, name, gone)
+        for target in status.targets:
+            for gauge, read in self.target_gauges.values():
+                value = read(target)
+                if value is None:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(namespace, name, target.name)
+                else:
+                    gauge.labels(namespace, name, target.name).set(value)
+        self._targets[(namespace, name)] = names
 
     def forget(self, namespace: str, name: str) -> None:
         for gauge in (
             self.budget_watts,
             self.planned_watts,
             self.enforced_watts,
+            self.caps_watts,
+            self.caps_limit_watts,
+            self.planned_draw_watts,
             self.observed_watts,
             self.served_fraction,
             self.utilization,
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
+        self._record_conditions(namespace, name, BudgetStatus())
+        self._record_targets(namespace, name, BudgetStatus())
+        self._conditions.pop((namespace, name), None)
+        self._targets.pop((namespace, name), None)
+
+
+# name (after gpupower_operator_target_), help, how to read it from a target's status.
+_TARGET_SERIES: tuple[tuple[str, str, Callable[[TargetStatus], float | None]], ...] = (
+    ("demand", "Demand planned for, in the profile's unit (absent without demand).", lambda t: t.demand),
+    ("capacity", "Planned throughput, in the profile's unit.", lambda t: t.capacity),
+    ("served_ratio", "Planned capacity over demand, at most 1.", lambda t: t.served_fraction),
+    ("cap_watts", "Planned per-GPU cap in watts.", lambda t: t.cap_watts),
+    ("planned_replicas", "Replicas of the plan.", lambda t: t.planned_replicas),
+    ("desired_replicas", "Replicas demand alone asks for at the highest cap.", lambda t: t.desired_replicas),
+    ("projected_watts", "Planned power of the target in watts.", lambda t: t.projected_watts),
+    ("observed_watts", "Power the target's GPUs draw (absent until measured).", lambda t: t.observed_watts),
+    ("pods_annotated", "Pods of the target that carry the planned cap.", lambda t: t.pods_annotated),
+    (
+        "pods_enforced",
+        "Pods of the target whose agent reports their GPUs holding the planned cap.",
+        lambda t: t.pods_enforced,
+    ),
+    ("enforced_watts", "What the target's GPUs can hold at most now, in watts.", lambda t: t.enforced_watts),
+    (
+        "guard_engagements",
+        "Oversubscribed: times the agents' draw guard engaged on the target's pods.",
+        lambda t: t.guard_engagements,
+    ),
+    (
+        "gpu_share_watts",
+        "Oversubscribed: the draw guard's share per GPU, in watts.",
+        lambda t: t.gpu_share_watts,
+    ),
+)
 
 
 def metrics_app(metrics: OperatorMetrics, healthy: Callable[[], bool]) -> web.Application:

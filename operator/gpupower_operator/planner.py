@@ -1,8 +1,7 @@
 """The planner: replicas and a per-GPU cap for each target, within a power budget.
 
 Pure: plain values in, a :class:`Plan` out. No I/O, no clock, no Kubernetes types.
-See DESIGN.md, "The planner's objective", and the README for the objective in
-plain words.
+The README's "How gpupower plans" section gives the objective in plain words.
 
 Optimize is exact on the cap grid. The objective is separable: a plan serves a
 fraction ``s`` when every target serves at least ``s``, and each target's

@@ -1,7 +1,8 @@
 """PromQL for one target: demand, served throughput, latency quantiles and GPU power.
 
-Pure string building. Every query is scoped to the target's pods: engine series
-by the ``namespace``/``pod`` labels that Prometheus's Kubernetes service
+Pure string building. Every query is scoped to the target's pods (a Dynamo
+target's engine series to its graph's frontend: :func:`engine_series_scope`):
+engine series by the ``namespace``/``pod`` labels that Prometheus's Kubernetes service
 discovery gives them, DCGM series by the exporter's pod labels
 (``exported_namespace``/``exported_pod`` under the usual relabeling; both names
 configurable). Pods are matched by a regular expression derived from the
@@ -179,6 +180,7 @@ class TargetQueries:
 def target_queries(target: Target, namespace: str, prometheus: PrometheusSpec) -> TargetQueries:
     """The queries for one target of a budget in ``namespace``."""
     scope = PodScope(namespace, pod_regex_for_workload(target.workload_ref.kind, target.workload_ref.name))
+    engine_scope = engine_series_scope(target, namespace) or scope
     demand: str | None = None
     served: str | None = None
     ttft: str | None = None
@@ -187,15 +189,17 @@ def target_queries(target: Target, namespace: str, prometheus: PrometheusSpec) -
         # A hand-written demand query is also the best measure of traffic the target serves.
         demand = served = target.demand_query
     elif target.preset is not None:
-        demand = demand_query(target.preset, scope)
-        served = throughput_query(target.preset, scope)
+        demand = demand_query(target.preset, engine_scope)
+        served = throughput_query(target.preset, engine_scope)
         engine = ENGINES[target.preset.engine]
         sla = target.sla
         window = target.preset.window_seconds
         if sla is not None and sla.ttft_seconds is not None:
-            ttft = latency_quantile_query(engine.ttft_histograms, sla.quantile, scope, window)
+            ttft = latency_quantile_query(engine.ttft_histograms, sla.quantile, engine_scope, window)
         if sla is not None and sla.inter_token_latency_seconds is not None:
-            inter_token = latency_quantile_query(engine.inter_token_histograms, sla.quantile, scope, window)
+            inter_token = latency_quantile_query(
+                engine.inter_token_histograms, sla.quantile, engine_scope, window
+            )
     return TargetQueries(
         demand=demand,
         served=served,
@@ -203,6 +207,19 @@ def target_queries(target: Target, namespace: str, prometheus: PrometheusSpec) -
         inter_token_latency_seconds=inter_token,
         power_watts=power_query(scope, prometheus),
     )
+
+
+def engine_series_scope(target: Target, namespace: str) -> PodScope | None:
+    """Where a preset's engine series come from when that is not the target's own pods.
+
+    A Dynamo graph's workers export no ``dynamo_frontend_*`` series: its frontend
+    does (a Deployment, pods ``<frontend>-<hash>-<suffix>``), for every request
+    the graph serves. So a dynamo target reads them from the frontend the preset
+    names; the GPU power it reads stays the target's own pods'.
+    """
+    if target.preset is None or target.preset.frontend is None:
+        return None
+    return PodScope(namespace, pod_regex_for_workload("Deployment", target.preset.frontend))
 
 
 def uses_prometheus(target: Target) -> bool:

@@ -844,6 +844,12 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         planned_watts=_round(plan.watts, 1),
         enforced_watts=_round(enforcement.enforced_watts, 1) if enforcement is not None else None,
         caps_watts=_round(plan.caps_watts, 1),
+        caps_limit_watts=_round(
+            spec.total_watts * spec.oversubscription.max_ratio
+            if spec.oversubscription is not None
+            else spec.total_watts,
+            1,
+        ),
         planned_draw_watts=_round(plan.watts, 1),
         observed_watts=None
         if signals is None or signals.observed_watts is None

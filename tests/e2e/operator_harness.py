@@ -50,6 +50,7 @@ class Recorded:
     body: Any
     status: int
     injected: bool
+    at: float = 0.0  # time.monotonic() when the request arrived
 
     @property
     def ok(self) -> bool:
@@ -83,12 +84,6 @@ class ApiProxy:
         if not self._started.wait(10):
             raise RuntimeError("the API proxy did not start")
         return self
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to finish anything, as when a node dies under the operator."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -127,7 +122,8 @@ class ApiProxy:
 
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_route("*", "/{tail:.*}", forward)
-            runner = web.AppRunner(app, access_log=None)
+            # Open watches would hold a graceful shutdown for a minute: the proxy stops at once.
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
             return session, runner
@@ -142,6 +138,7 @@ class ApiProxy:
             self._loop.close()
 
     async def _forward(self, session: aiohttp.ClientSession, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         body = await request.read()
         method = request.method
         sequence = self._next() if method in WRITE_METHODS else 0
@@ -155,7 +152,7 @@ class ApiProxy:
         injected = rule(method, request.path) if rule is not None else None
         if injected is not None:
             if method in WRITE_METHODS:
-                self._record(Recorded(sequence, method, request.path, parsed, injected, True))
+                self._record(Recorded(sequence, method, request.path, parsed, injected, True, arrived))
             status_body = {
                 "kind": "Status",
                 "apiVersion": "v1",
@@ -179,7 +176,9 @@ class ApiProxy:
             except (ConnectionResetError, aiohttp.ClientError):
                 pass  # the client went away (a watch the operator closed)
             if method in WRITE_METHODS:
-                self._record(Recorded(sequence, method, request.path, parsed, upstream.status, False))
+                self._record(
+                    Recorded(sequence, method, request.path, parsed, upstream.status, False, arrived)
+                )
             return response
 
 

@@ -14,6 +14,7 @@ process (``PR_SET_PDEATHSIG``) and is killed in the fixture's finalizer.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client.core import (
     CollectorRegistry,
     CounterMetricFamily,
@@ -96,6 +99,8 @@ class SyntheticExporter:
         self._lock = threading.Lock()
         self._pods: dict[tuple[str, str], _PodCounters] = {}
         self._gpus: dict[tuple[str, str, int], tuple[str, float]] = {}
+        self._dynamo_frontends: dict[tuple[str, str], _PodCounters] = {}
+        self._dynamo_workers: dict[tuple[str, str], tuple[str, float, float]] = {}
         self._last = time.monotonic()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -105,11 +110,16 @@ class SyntheticExporter:
     # -- what the test drives
 
     def set_traffic(self, namespace: str, pod: str, traffic: PodTraffic) -> None:
+        self._set(self._pods, namespace, pod, traffic)
+
+    def _set(
+        self, table: dict[tuple[str, str], _PodCounters], namespace: str, pod: str, traffic: PodTraffic
+    ) -> None:
         with self._lock:
             self._advance()
-            counters = self._pods.get((namespace, pod))
+            counters = table.get((namespace, pod))
             if counters is None:
-                self._pods[(namespace, pod)] = _PodCounters(traffic)
+                table[(namespace, pod)] = _PodCounters(traffic)
             else:
                 counters.traffic = traffic
 
@@ -119,6 +129,16 @@ class SyntheticExporter:
             self._pods.pop((namespace, pod), None)
             for key in [k for k in self._gpus if k[:2] == (namespace, pod)]:
                 del self._gpus[key]
+
+    def set_dynamo_frontend(self, namespace: str, pod: str, traffic: PodTraffic) -> None:
+        """A Dynamo graph's frontend pod: it reports the dynamo_frontend_* series for the whole graph."""
+        self._set(self._dynamo_frontends, namespace, pod, traffic)
+
+    def set_dynamo_worker(self, namespace: str, pod: str, component: str, requests_per_second: float) -> None:
+        """A Dynamo worker pod: only the dynamo_component_* series of its backend endpoint."""
+        with self._lock:
+            self._advance()
+            self._dynamo_workers[(namespace, pod)] = (component, requests_per_second, 0.0)
 
     def set_gpu_power(self, namespace: str, pod: str, gpu: int, watts: float) -> None:
         with self._lock:
@@ -131,7 +151,9 @@ class SyntheticExporter:
         now = time.monotonic()
         seconds = now - self._last
         self._last = now
-        for counters in self._pods.values():
+        for key, (component, rate, total) in self._dynamo_workers.items():
+            self._dynamo_workers[key] = (component, rate, total + rate * seconds)
+        for counters in [*self._pods.values(), *self._dynamo_frontends.values()]:
             traffic = counters.traffic
             requests = traffic.requests_per_second * seconds
             counters.requests += requests
@@ -193,6 +215,59 @@ class SyntheticExporter:
             for (namespace, pod, gpu), (uuid, watts) in sorted(self._gpus.items()):
                 power.add_metric([str(gpu), uuid, "gpu-node-1", namespace, pod, "engine"], watts)
         yield from (success, prompt, generation, waiting, ttft, itl, power)
+        yield from self._collect_dynamo()
+
+    def _collect_dynamo(self) -> Iterator[Any]:
+        """Series shaped like a real Dynamo graph's (names and labels of Dynamo's metrics reference)."""
+        with self._lock:
+            requests = CounterMetricFamily(
+                "dynamo_frontend_requests",
+                "Total number of LLM requests processed",
+                labels=["namespace", "pod", "endpoint", "model", "request_type", "status"],
+            )
+            model_labels = ["namespace", "pod", "model"]
+            families = {
+                name: HistogramMetricFamily(f"dynamo_frontend_{name}", help_text, labels=model_labels)
+                for name, help_text in (
+                    ("input_sequence_tokens", "Input sequence length in tokens"),
+                    ("output_sequence_tokens", "Output sequence length in tokens"),
+                    ("time_to_first_token_seconds", "Time to first token in seconds"),
+                    ("inter_token_latency_seconds", "Inter-token latency in seconds"),
+                )
+            }
+            worker = CounterMetricFamily(
+                "dynamo_component_requests",
+                "Total requests processed by work handler",
+                labels=["namespace", "pod", "dynamo_namespace", "dynamo_component", "dynamo_endpoint"],
+            )
+            for (namespace, pod), counters in sorted(self._dynamo_frontends.items()):
+                model = "meta-llama/llama-3.1-70b-instruct"
+                # Most requests succeed and stream; a few fail: all of them are demand.
+                for request_type, status, share in (("stream", "success", 0.9), ("stream", "error", 0.1)):
+                    labels = [namespace, pod, "chat_completions", model, request_type, status]
+                    requests.add_metric(labels, counters.requests * share)
+                values = [namespace, pod, model]
+                for name, total in (
+                    ("input_sequence_tokens", counters.prompt_tokens),
+                    ("output_sequence_tokens", counters.generation_tokens),
+                ):
+                    # Token histograms: only their _sum counts tokens; buckets are sequence lengths.
+                    families[name].add_metric(values, [("+Inf", counters.requests)], total)
+                for name, buckets, total in (
+                    ("time_to_first_token_seconds", counters.ttft_buckets, counters.ttft_sum),
+                    ("inter_token_latency_seconds", counters.itl_buckets, counters.itl_sum),
+                ):
+                    if buckets is None:
+                        continue
+                    finite = zip(LATENCY_BUCKETS_SECONDS, buckets[:-1], strict=True)
+                    pairs = [(f"{upper:g}", count) for upper, count in finite]
+                    pairs.append(("+Inf", buckets[-1]))
+                    families[name].add_metric(values, pairs, total)
+            for (namespace, pod), (component, _, total) in sorted(self._dynamo_workers.items()):
+                worker.add_metric([namespace, pod, f"{namespace}-llama", component, "generate"], total)
+        yield requests
+        yield from families.values()
+        yield worker
 
     # -- serving
 
@@ -228,22 +303,35 @@ class SyntheticExporter:
 class PrometheusServer:
     """The real ``prometheus`` binary on 127.0.0.1, 1 s scrape and evaluation, temp storage."""
 
-    def __init__(self, scrape_port: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        scrape_port: int,
+        workdir: Path,
+        extra_scrape_configs: list[dict[str, Any]] | None = None,
+        rule_files: list[Path] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.scrape_port = scrape_port
         self.process: subprocess.Popen[bytes] | None = None
         self.config = workdir / "prometheus.yml"
-        self.config.write_text(
-            "global:\n"
-            f"  scrape_interval: {SCRAPE_INTERVAL_SECONDS}s\n"
-            f"  evaluation_interval: {SCRAPE_INTERVAL_SECONDS}s\n"
-            "scrape_configs:\n"
-            "  - job_name: synthetic\n"
-            "    honor_labels: true\n"
-            "    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{scrape_port}']\n"
-        )
+        config: dict[str, Any] = {
+            "global": {
+                "scrape_interval": f"{SCRAPE_INTERVAL_SECONDS}s",
+                "evaluation_interval": f"{SCRAPE_INTERVAL_SECONDS}s",
+            },
+            "scrape_configs": [
+                {
+                    "job_name": "synthetic",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [f"127.0.0.1:{scrape_port}"]}],
+                },
+                *(extra_scrape_configs or []),
+            ],
+        }
+        if rule_files:
+            config["rule_files"] = [str(path) for path in rule_files]
+        self.config.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "prometheus.log"
 
     @property
@@ -295,6 +383,14 @@ class PrometheusServer:
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET one endpoint of the HTTP API (``/api/v1/...``); the ``data`` of a successful answer."""
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body["data"]
 
 
 @dataclass

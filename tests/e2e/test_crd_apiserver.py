@@ -109,6 +109,18 @@ INVALID = [
     ("targets.0.profile.points", [], "spec.targets[0].profile.points", "should have at least 1 items"),
     ("targets", [], "spec.targets", "should have at least 1 items"),
     (
+        "targets.0.preset",
+        {"engine": "dynamo"},
+        "spec.targets[0].preset.frontend",
+        "preset.frontend is required for engine dynamo",
+    ),
+    (
+        "targets.0.preset",
+        {"engine": "vllm", "frontend": "llama-frontend"},
+        "spec.targets[0].preset.frontend",
+        "preset.frontend applies to engine dynamo only",
+    ),
+    (
         "oversubscription",
         {"maxRatio": 0.8},
         "spec.oversubscription.maxRatio",

@@ -38,7 +38,7 @@ from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import ApiProxy, OperatorProcess, Recorded, proxied_kubeconfig, upstream_of
 from tests.envtest import REPO, ControlPlane, kubectl_binary, unique_name, wait_for
 from tests.fleet_power import FleetModel, walk_is_safe
-from tests.workloads import gpu_deployment
+from tests.workloads import gpu_deployment, gpu_statefulset
 
 pytestmark = [pytest.mark.envtest, pytest.mark.controllers]
 
@@ -90,7 +90,7 @@ def ns(harness: Harness, namespace: str) -> Iterator[str]:
     kubectl = harness.control_plane.kubectl
     kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
     kubectl("scale", "deployment", "--all", "--replicas=0", "-n", namespace, check=False)
-    kubectl("delete", "deployment", "--all", "-n", namespace, "--wait=false", check=False)
+    kubectl("delete", "deployment,statefulset", "--all", "-n", namespace, "--wait=false", check=False)
     kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False)
 
 
@@ -594,3 +594,40 @@ def test_an_operator_killed_in_the_middle_of_a_reconcile_converges_after_restart
     powers = replay(model, harness.proxy.writes_since(mark, ns), apps)
     safe, why = walk_is_safe(powers, 1500)
     assert safe, f"{why}: {powers}"
+
+
+def test_a_statefulset_target_is_scaled_and_capped_end_to_end(harness: Harness, ns: str) -> None:
+    cp = harness.control_plane
+    cp.apply(gpu_statefulset("decode", ns, 1, node_selector=harness.fleet.node_selector))
+    doc = budget("llm", ns, 2000, [target("decode", "decode", demand=45)])
+    doc["spec"]["targets"][0]["workloadRef"]["kind"] = "StatefulSet"
+    the_plan = expected_plan(doc)
+    planned = the_plan.target("decode")
+    assert planned.replicas > 1, "the plan must scale the StatefulSet up, or the test is moot"
+
+    def enforced(plan_replicas: int, cap: int) -> bool:
+        if int(cp.get_json("statefulset", "decode", "-n", ns)["spec"]["replicas"]) != plan_replicas:
+            return False
+        pods = live_pods(cp, ns, "decode")
+        names = sorted(p["metadata"]["name"] for p in pods)
+        return names == [f"decode-{i}" for i in range(plan_replicas)] and all(
+            annotations(p).get(POWER_LIMIT_ANNOTATION) == str(cap) for p in pods
+        )
+
+    mark = harness.proxy.mark()
+    cp.apply(doc)
+    wait_for(lambda: enforced(planned.replicas, planned.cap_watts), timeout=30, what="the StatefulSet scaled")
+    body = wait_ready(cp, ns, "llm")
+    assert body["status"]["targets"][0]["selector"] == "app=decode"
+
+    low = copy.deepcopy(doc)
+    low["spec"]["totalWatts"] = 700
+    low_plan = expected_plan(low).target("decode")
+    assert low_plan.replicas < planned.replicas
+    cp.apply(low)
+    wait_for(lambda: enforced(low_plan.replicas, low_plan.cap_watts), timeout=30, what="the StatefulSet down")
+    wait_ready(cp, ns, "llm")
+    writes = harness.proxy.writes_since(mark, ns)
+    scales = [w for w in writes if w.ok and w.path.endswith(f"/namespaces/{ns}/statefulsets/decode/scale")]
+    assert [w.body["spec"]["replicas"] for w in scales] == [planned.replicas, low_plan.replicas]
+    assert not [w for w in writes if w.status == 403], "the operator's role covers statefulsets/scale"

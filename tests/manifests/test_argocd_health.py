@@ -121,6 +121,17 @@ HEALTHY = [
             "Progressing",
             "",
         ),
+        (
+            budget(
+                status=planned(
+                    condition("Ready", "False", "CapRangeEmpty", "target decode: no cap in 800-900 W fits"),
+                    condition("TargetsResolved", "True", "AllTargetsResolved"),
+                    condition("CapRangeAdjusted", "True", "CapRangeEmpty", "no cap fits"),
+                )
+            ),
+            "Degraded",
+            "no cap in 800-900 W fits",
+        ),
     ],
     ids=[
         "no-status",
@@ -134,6 +145,7 @@ HEALTHY = [
         "invalid-spec",
         "conflict",
         "ready-for-old-generation",
+        "cap-range-empty",
     ],
 )
 def test_health_of_each_state(obj: dict[str, Any], expected_status: str, expected_words: str) -> None:

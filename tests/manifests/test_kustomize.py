@@ -13,6 +13,11 @@ from tests.envtest import REPO, ControlPlane, kubectl_binary
 
 MANIFESTS = REPO / "manifests"
 KUSTOMIZATIONS = ["manifests", "manifests/overlays/namespace-restricted", "manifests/overlays/cgroup-mapping"]
+CRDS = REPO / "crds"
+# Prometheus's own configuration (a rules file, scrape configs), not Kubernetes objects; kept in
+# subdirectories so that `kubectl apply -f manifests/monitoring/` does not read them.
+PROMETHEUS_FILES = MANIFESTS / "monitoring"
+PROMETHEUS_DIRS = ("rules", "prometheus")
 ALL_YAML = sorted(p for p in MANIFESTS.rglob("*.yaml")) + sorted((REPO / "crds").glob("*.yaml"))
 
 
@@ -31,8 +36,20 @@ def test_every_manifest_parses(path: Path) -> None:
     assert documents, f"{path} holds no document"
     for document in documents:
         assert isinstance(document, dict)
-        if path.name != "kustomization.yaml":
+        prometheus_file = any(path.is_relative_to(PROMETHEUS_FILES / d) for d in PROMETHEUS_DIRS)
+        if path.name != "kustomization.yaml" and not prometheus_file:
             assert document.get("apiVersion") and document.get("kind"), f"{path}: apiVersion/kind missing"
+
+
+def test_the_crds_kustomization_lists_every_crd_file_and_kubectl_apply_f_skips_it() -> None:
+    kustomization = yaml.safe_load((CRDS / "Kustomization").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    crd_files = sorted(p.name for p in CRDS.iterdir() if p.suffix in {".yaml", ".yml", ".json"})
+    assert crd_files, "no CRD file in crds/"
+    assert sorted(kustomization["resources"]) == crd_files, "crds/Kustomization must list every CRD file"
+    for name in crd_files:
+        for document in yaml.safe_load_all((CRDS / name).read_text()):
+            assert document["kind"] == "CustomResourceDefinition", f"crds/{name} holds a {document['kind']}"
 
 
 def _containers(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -71,6 +88,20 @@ def test_base_security_settings() -> None:
     assert mounts["/var/lib/kubelet/pod-resources"]["readOnly"] is True
     assert "/var/lib/gpupower" in mounts
     assert any(a.startswith("--node-name=") for a in agent["args"])
+
+
+def test_the_operator_runs_two_replicas_with_leader_election_and_a_disruption_budget() -> None:
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in render("manifests")}
+    deployment = documents[("Deployment", "gpupower-operator")]
+    assert deployment["spec"]["replicas"] == 2
+    assert "--leader-elect" in _containers(deployment)[0]["args"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pdb = documents[("PodDisruptionBudget", "gpupower-operator")]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    role = documents[("Role", "gpupower-operator-leader-election")]
+    verbs = {(verb, tuple(rule.get("resourceNames", ()))) for rule in role["rules"] for verb in rule["verbs"]}
+    assert verbs == {("create", ()), ("get", ("gpupower-operator",)), ("update", ("gpupower-operator",))}
 
 
 def _cluster_role(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -121,7 +152,11 @@ def test_namespace_restricted_overlay_keeps_cluster_roles_for_nodes_only() -> No
     bindings = [d for d in documents if d["kind"] == "ClusterRoleBinding"]
     assert {b["roleRef"]["name"] for b in bindings} == {r["metadata"]["name"] for r in cluster_roles}
     roles = [d for d in documents if d["kind"] in {"Role", "RoleBinding"}]
-    assert len(roles) == 4 and all(d["metadata"]["namespace"] == "inference" for d in roles)
+    # The leader-election Role stays beside the operator: its Lease lives in gpupower-system.
+    election = [d for d in roles if d["metadata"]["name"] == "gpupower-operator-leader-election"]
+    assert len(election) == 2 and all(d["metadata"]["namespace"] == "gpupower-system" for d in election)
+    workload_roles = [d for d in roles if d not in election]
+    assert len(workload_roles) == 4 and all(d["metadata"]["namespace"] == "inference" for d in workload_roles)
     for document in documents:
         if document["kind"] in {"Deployment", "DaemonSet"}:
             assert "--namespace=inference" in _containers(document)[0]["args"]
@@ -148,3 +183,15 @@ def test_kubectl_apply_k_succeeds_on_a_real_api_server(control_plane: ControlPla
     )
     assert result.returncode == 0, result.stderr
     assert "gpupower-operator" in result.stdout
+
+
+@pytest.mark.envtest
+@pytest.mark.parametrize("how", ["-f", "-k"])
+def test_kubectl_apply_of_the_crds_directory_succeeds_on_a_real_api_server(
+    control_plane: ControlPlane, how: str
+) -> None:
+    result = control_plane.kubectl(
+        "apply", how, str(CRDS), "--server-side", "--dry-run=server", "--force-conflicts", check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "customresourcedefinition.apiextensions.k8s.io/gpupowerbudgets.gpupower.dev" in result.stdout

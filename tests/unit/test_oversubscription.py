@@ -83,6 +83,7 @@ def test_the_status_carries_both_accountings_and_the_guards_share() -> None:
     target = status.target("decode")
     assert target is not None
     assert status.caps_watts == the_plan.caps_watts and status.planned_draw_watts == the_plan.watts
+    assert status.caps_limit_watts == pytest.approx(4000 * 1.5), "totalWatts x maxRatio"
     assert target.gpu_draw_watts == pytest.approx(decode.cap_watts * 0.5)
     # The guard's share: the planned draw scaled up to the whole budget, never above the cap.
     assert target.gpu_share_watts == pytest.approx(

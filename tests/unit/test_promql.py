@@ -42,7 +42,10 @@ SCOPE = PodScope("serving", "decode-[a-z0-9]+-[a-z0-9]+")
 def test_each_preset_rates_its_engines_counters_over_the_targets_pods(
     engine: str, metric: str, counters: list[str]
 ) -> None:
-    preset = DemandPreset.model_validate({"engine": engine, "metric": metric, "windowSeconds": 30})
+    frontend = {"frontend": "llama-frontend"} if engine == "dynamo" else {}
+    preset = DemandPreset.model_validate(
+        {"engine": engine, "metric": metric, "windowSeconds": 30, **frontend}
+    )
     query = promql.throughput_query(preset, SCOPE)
     found = re.findall(r"rate\(([^{]+)\{([^}]*)\}\[(\d+)s\]\)", query)
     assert [name for name, _, _ in found] == counters
@@ -63,7 +66,7 @@ def test_request_demand_adds_the_waiting_backlog_drained_over_the_window() -> No
 def test_token_demand_and_dynamo_demand_have_no_backlog_term() -> None:
     tokens = DemandPreset.model_validate({"engine": "vllm", "metric": "tokens"})
     assert promql.demand_query(tokens, SCOPE) == promql.throughput_query(tokens, SCOPE)
-    dynamo = DemandPreset.model_validate({"engine": "dynamo"})
+    dynamo = DemandPreset.model_validate({"engine": "dynamo", "frontend": "llama-frontend"})
     assert "waiting" not in promql.demand_query(dynamo, SCOPE)
 
 
@@ -139,3 +142,19 @@ def test_target_queries_follow_the_demand_source() -> None:
     assert with_sla.inter_token_latency_seconds is None
     assert promql.uses_prometheus(target(preset={"engine": "sglang"}))
     assert not promql.uses_prometheus(target(demand=3))
+
+
+def test_a_dynamo_target_reads_its_graphs_frontend_and_the_power_of_its_own_pods() -> None:
+    """A Dynamo graph's workers export no dynamo_frontend_* series: the frontend's pods do."""
+    decode = target(
+        workloadRef={"name": "llama-vllmdecodeworker"},
+        preset={"engine": "dynamo", "frontend": "llama-frontend", "metric": "generation-tokens"},
+        sla={"ttftSeconds": 1.0, "interTokenLatencySeconds": 0.05},
+    )
+    queries = promql.target_queries(decode, "serving", PrometheusSpec())
+    frontend = 'namespace="serving",pod=~"llama-frontend-[a-z0-9]+-[a-z0-9]+"'
+    for query in (queries.demand, queries.served, queries.ttft_seconds, queries.inter_token_latency_seconds):
+        assert query is not None and "dynamo_frontend_" in query
+        assert re.findall(r"\{([^}]*)\}", query) == [frontend] * query.count("dynamo_frontend_")
+    assert "llama-vllmdecodeworker-[a-z0-9]+-[a-z0-9]+" in queries.power_watts
+    assert "frontend" not in queries.power_watts
