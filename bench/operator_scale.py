@@ -269,8 +269,9 @@ def main() -> int:
         plane = stack.enter_context(running_control_plane(directory / "envtest", controllers=False))
         operator: subprocess.Popen[bytes] | None = None
         try:
-            plane.kubectl("apply", "-f", str(ROOT / "crds" / "gpupowerbudgets.yaml"))
-            plane.wait_established("gpupowerbudgets.gpupower.dev", timeout_seconds=60)
+            for plural in ("gpupowerbudgets", "gpupowerprofileruns"):
+                plane.kubectl("apply", "-f", str(ROOT / "crds" / f"{plural}.yaml"))
+                plane.wait_established(f"{plural}.gpupower.dev", timeout_seconds=60)
             plane.kubectl("create", "namespace", "gpupower-system")
             plane.kubectl("apply", "-f", str(ROOT / "manifests" / "operator" / "rbac.yaml"))
             total_pods = args.budgets * args.pods_per_budget

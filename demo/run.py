@@ -139,11 +139,13 @@ def process(args: list[str], env: dict[str, str], log_file: Path) -> Iterator[su
 def install(cp: ControlPlane) -> None:
     """The CRD, RBAC and the agent's admission policy from manifests/, and the workloads."""
     cp.kubectl("apply", "-f", str(REPO / "crds" / "gpupowerbudgets.yaml"))
+    cp.kubectl("apply", "-f", str(REPO / "crds" / "gpupowerprofileruns.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "agent" / "rbac.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "agent" / "admission-policy.yaml"))
     cp.wait_established("gpupowerbudgets.gpupower.dev")
+    cp.wait_established("gpupowerprofileruns.gpupower.dev")
     cp.kubectl("create", "namespace", NAMESPACE)
     cp.kubectl("apply", "-f", str(DEMO / "workloads.yaml"))
 

@@ -17,11 +17,11 @@ def control_plane() -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="session")
 def crd_installed(control_plane: ControlPlane) -> ControlPlane:
-    """The generated CRDs (budgets and domains) applied to the control plane and established."""
+    """The generated CRDs (budgets, domains, profile runs) applied to the control plane and established."""
     crds = Path(__file__).resolve().parents[1] / "crds"
-    for name in ("gpupowerbudgets", "gpupowerdomains"):
-        control_plane.kubectl("apply", "-f", str(crds / f"{name}.yaml"))
-        control_plane.wait_established(f"{name}.gpupower.dev")
+    for plural in ("gpupowerbudgets", "gpupowerdomains", "gpupowerprofileruns"):
+        control_plane.kubectl("apply", "-f", str(crds / f"{plural}.yaml"))
+        control_plane.wait_established(f"{plural}.gpupower.dev")
     return control_plane
 
 

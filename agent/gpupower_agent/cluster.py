@@ -91,6 +91,15 @@ class Grant:
     selector: Selector
     cap_watts: int
     gpu_draw_watts: float | None = None  # oversubscribed: the draw guard's share of one GPU
+    # While a profile run measures one pod of the target: that pod's name and the cap it alone gets.
+    measured_pod: str | None = None
+    measured_cap_watts: int | None = None
+
+    def cap_for(self, pod_name: str) -> int:
+        """The grant of one selected pod: the measured pod's own cap, every other pod the target's."""
+        if self.measured_cap_watts is not None and pod_name == self.measured_pod:
+            return self.measured_cap_watts
+        return self.cap_watts
 
 
 @dataclass(frozen=True)
@@ -259,12 +268,15 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
                     str(error),
                 )
                 continue
+            measurement = target.measurement
             grants.append(
                 Grant(
                     target_name=target.name,
                     selector=selector,
                     cap_watts=target.cap_watts,
                     gpu_draw_watts=target.gpu_share_watts,
+                    measured_pod=measurement.pod if measurement is not None else None,
+                    measured_cap_watts=measurement.cap_watts if measurement is not None else None,
                 )
             )
     return BudgetView(

@@ -14,6 +14,9 @@ target's cap is the pod's *grant*. Then:
   grant and the safe default, with a warning (untrusted).
 
 So a selected pod never holds more than its grant, whatever it writes on itself.
+While a profile run measures one pod of a target, the budget's status grants
+that pod (by name, in ``targets[].measurement``) its own cap; that is then its
+grant, and only its: the other pods of the target keep the target's.
 
 A pod that no Enforce budget selects is managed only if it carries the
 annotations (a pod the operator has not released yet, or one claiming a cap):
@@ -102,7 +105,7 @@ def _safe_default(budget: BudgetView | None, agent_default_watts: int) -> int:
 
 def _highest_grant(budget: BudgetView, pod: PodView) -> Grant | None:
     grants = [grant for grant in budget.grants if grant.selector.matches(pod.labels)]
-    return max(grants, key=lambda grant: grant.cap_watts) if grants else None
+    return max(grants, key=lambda grant: grant.cap_for(pod.key.name)) if grants else None
 
 
 def _managing(pod: PodView, budgets: BudgetIndex) -> tuple[BudgetView, Grant] | None:
@@ -116,7 +119,7 @@ def _managing(pod: PodView, budgets: BudgetIndex) -> tuple[BudgetView, Grant] | 
 def managing_budget(pod: PodView, budgets: BudgetIndex) -> tuple[BudgetView, int] | None:
     """The budget that manages ``pod`` and its grant: the oldest Enforce budget whose status selects it."""
     found = _managing(pod, budgets)
-    return None if found is None else (found[0], found[1].cap_watts)
+    return None if found is None else (found[0], found[1].cap_for(pod.key.name))
 
 
 def _selected_cap(pod: PodView, budget: BudgetView, grant: int, agent_default_watts: int) -> PodCap:
@@ -189,7 +192,7 @@ def pod_cap(pod: PodView, budgets: BudgetIndex, agent_default_watts: int) -> Pod
     if managing is None:
         return _unselected_cap(pod, budgets, agent_default_watts)
     budget, grant = managing
-    cap = _selected_cap(pod, budget, grant.cap_watts, agent_default_watts)
+    cap = _selected_cap(pod, budget, grant.cap_for(pod.key.name), agent_default_watts)
     if budget.oversubscription is not None and grant.gpu_draw_watts is not None:
         cap = replace(cap, gpu_draw_watts=grant.gpu_draw_watts)
     return cap

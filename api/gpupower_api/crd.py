@@ -13,6 +13,7 @@ exclusive bounds turned into OpenAPI 3.0 form, titles dropped, maps kept as
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from gpupower_api import domains
+from gpupower_api import domains, profilerun
 from gpupower_api.models import GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION, BudgetSpec, BudgetStatus
 
 _KEEP = {
@@ -287,6 +288,54 @@ def render(filename: str = f"{PLURAL}.yaml") -> str:
     """The text of one CRD file (by its name under crds/)."""
     build, models = CRDS[filename]
     return _header(models) + str(yaml.safe_dump(build(), sort_keys=False, width=100))
+
+
+# ---------------------------------------------------------------------------
+# GpuPowerProfileRun: a measurement of one target's profile on the live fleet (api/gpupower_api/profilerun.py)
+
+RUN_PRINTER_COLUMNS = [
+    {"name": "Budget", "type": "string", "jsonPath": ".spec.budget"},
+    {"name": "Target", "type": "string", "jsonPath": ".spec.target"},
+    {"name": "Pod", "type": "string", "jsonPath": ".status.pod"},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {
+        "name": "Level",
+        "type": "integer",
+        "jsonPath": ".status.currentLevel",
+        "description": "Index of the cap measured now",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def build_profile_run_crd() -> dict[str, Any]:
+    """The GpuPowerProfileRun CRD as a dict: the budget's, with its own names, columns and schema."""
+    crd = copy.deepcopy(build_crd())
+    status = model_schema(profilerun.RunStatus)
+    status["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
+    status["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
+    crd["metadata"]["name"] = f"{profilerun.RUN_PLURAL}.{GROUP}"
+    crd["spec"]["names"] = {
+        "kind": profilerun.RUN_KIND,
+        "listKind": f"{profilerun.RUN_KIND}List",
+        "plural": profilerun.RUN_PLURAL,
+        "singular": profilerun.RUN_SINGULAR,
+        "shortNames": [profilerun.RUN_SHORT_NAME],
+        "categories": ["gpupower"],
+    }
+    version = crd["spec"]["versions"][0]
+    version["additionalPrinterColumns"] = RUN_PRINTER_COLUMNS
+    schema = version["schema"]["openAPIV3Schema"]
+    schema["description"] = (
+        "A sweep of one pod of a budget's target through per-GPU caps, measuring its profile; "
+        "deleting it cancels the sweep."
+    )
+    schema["properties"]["spec"] = model_schema(profilerun.RunSpec)
+    schema["properties"]["status"] = status
+    return crd
+
+
+CRDS[f"{profilerun.RUN_PLURAL}.yaml"] = (build_profile_run_crd, "profilerun.py")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -728,6 +728,17 @@ class RaisedPoint(ApiModel):
     )
 
 
+class TargetMeasurement(ApiModel):
+    """A cap granted to one pod of the target while a GpuPowerProfileRun measures it (the agent honours
+    it for that pod only)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    pod: str = Field(description="The pod being measured.")
+    cap_watts: int = Field(description="Per-GPU cap granted to that pod alone, in watts.")
+    run: str = Field(description="The GpuPowerProfileRun measuring it.")
+
+
 class TargetStatus(ApiModel):
     """The plan for one target and what was observed of it."""
 
@@ -819,6 +830,11 @@ class TargetStatus(ApiModel):
     profile_raised_points: list[RaisedPoint] | None = Field(
         default=None,
         description="Points the plan raised: a higher cap never serves less than a lower one.",
+    )
+    measurement: TargetMeasurement | None = Field(
+        default=None,
+        description="While a profile run measures one pod of the target: that pod and the cap it alone is "
+        "granted (counted in projectedWatts).",
     )
 
 

@@ -39,12 +39,13 @@ from gpupower_api.contract import (
 )
 from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetSpec, BudgetStatus, InvalidSpecError, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
-from gpupower_operator import inventory, oversubscription
+from gpupower_operator import inventory, oversubscription, sweep
 from gpupower_operator import reconcile as rc
 from gpupower_operator.index import BudgetKey, PodIndex, SelectorIndex
 from gpupower_operator.kube import Cluster
+from gpupower_operator.measurements import MeasurementBoard
 from gpupower_operator.metrics import OperatorMetrics
-from gpupower_operator.planner import plan, problem_from_spec
+from gpupower_operator.planner import Plan, Problem, plan, problem_from_spec
 from gpupower_operator.signals import SignalSource
 
 log = logging.getLogger("gpupower_operator")
@@ -183,6 +184,8 @@ class Runtime:
         self.monotonic = monotonic
         # Pods whose agent reported the draw guard engaging (PowerCapped reason Guarded), not yet counted.
         self.guard_events: dict[tuple[str, str], int] = {}
+        # The pods profile runs measure, and the budgets' answers to the caps they ask for.
+        self.board = MeasurementBoard()
 
     def wake(self, keys: set[BudgetKey] | list[BudgetKey]) -> None:
         for key in keys:
@@ -423,17 +426,15 @@ class Runtime:
             power, throughput = corrections.get(target_name, (1.0, 1.0))
             corrections[target_name] = (oversubscription.floored(power, memory), throughput)
         try:
-            the_plan = plan(
-                problem_from_spec(
-                    spec,
-                    cap_ranges=inventory.cap_ranges(ranges),
-                    demand=signals.demand() if signals is not None else None,
-                    corrections=corrections or None,
-                    gpu_min_watts={
-                        r.target: r.node_min_watts for r in ranges if r.node_min_watts is not None
-                    },
-                )
+            problem = problem_from_spec(
+                spec,
+                cap_ranges=inventory.cap_ranges(ranges),
+                demand=signals.demand() if signals is not None else None,
+                corrections=corrections or None,
+                gpu_min_watts={r.target: r.node_min_watts for r in ranges if r.node_min_watts is not None},
             )
+            the_plan = plan(problem)
+            the_plan, measurements = self._plan_around_measurements(key, problem, the_plan)
         except (ValueError, ArithmeticError) as error:
             log.warning("plan failed budget=%s/%s error=%s", namespace, name, error)
             self.metrics.errors.labels("plan_failed").inc()
@@ -483,6 +484,7 @@ class Runtime:
             unconfirmed_seconds={pod: clock - since for pod, since in waiting_since.items()},
             enforcement_timeout_seconds=self.enforcement_timeout_seconds,
             guard_memory=guard_memory,
+            measurements=measurements,
         )
         outcome = rc.reconcile(observed, the_plan, now)
         if spec.prometheus is not None:
@@ -533,6 +535,22 @@ class Runtime:
                     memory[target.name].floor,
                 )
         return memory
+
+    def _plan_around_measurements(
+        self, key: BudgetKey, problem: Problem, the_plan: Plan
+    ) -> tuple[Plan, dict[str, rc.MeasuredPod]]:
+        """The plan around the pod a profile run measures when the budget can hold its cap, else the plan."""
+        measurements: dict[str, rc.MeasuredPod] = {}
+        # One run measures a budget at a time (the board sees to it), so one reservation at most.
+        for target, measured in self.board.requested(key).items():
+            reservation = sweep.Reservation(target, measured.cap_watts)
+            around = sweep.plan_around(problem, reservation) if the_plan.feasible else None
+            message = "" if around is not None else sweep.over_budget_message(problem, reservation)
+            self.board.answer(key, target, sweep.Verdict(measured.cap_watts, around is not None, message))
+            if around is not None:
+                the_plan = around
+                measurements[target] = measured
+        return the_plan, measurements
 
     async def _apply(self, key: BudgetKey, body: dict[str, Any], outcome: rc.Outcome) -> None:
         namespace, name = key

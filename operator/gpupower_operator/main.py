@@ -14,7 +14,7 @@ import kopf
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from gpupower_operator import handlers
+from gpupower_operator import handlers, measurements
 from gpupower_operator.config import ConfigError, OperatorConfig, parse_config
 from gpupower_operator.kube import KubeCluster, connection_info, load_configuration
 from gpupower_operator.leader import LeaderElector
@@ -86,6 +86,7 @@ async def run(config: OperatorConfig) -> None:
         return await connection_info(configuration)
 
     handlers.register(registry, runtime, login)
+    measurements.register(registry, measurements.Measurements(runtime, api))
     pod_watch = PodWatch(api, config.namespaces, runtime.on_pod)
     runtime.pods_synced = pod_watch.synced
     watching = asyncio.create_task(pod_watch.run(), name="pod-watch")

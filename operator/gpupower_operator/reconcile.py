@@ -55,6 +55,7 @@ from gpupower_api.models import (
     ConditionStatus,
     InvalidSpecError,
     Mode,
+    TargetMeasurement,
     TargetStatus,
     WorkloadRef,
 )
@@ -146,6 +147,24 @@ class OtherBudget:
 
 
 @dataclass(frozen=True)
+class MeasuredPod:
+    """A pod of a target that a profile run measures: the cap it alone is granted (the plan reserves it)."""
+
+    pod: str
+    cap_watts: int
+    run: str
+
+
+def measured_in(observed: Observed, target: str) -> MeasuredPod | None:
+    return observed.measurements.get(target)
+
+
+def pod_cap_watts(plan_cap_watts: int, measured: MeasuredPod | None, pod: str) -> int:
+    """The cap one pod of a target should hold: the measured pod's own, every other pod the plan's."""
+    return measured.cap_watts if measured is not None and measured.pod == pod else plan_cap_watts
+
+
+@dataclass(frozen=True)
 class Observed:
     budget: BudgetRef
     spec: BudgetSpec
@@ -162,6 +181,8 @@ class Observed:
     enforcement_timeout_seconds: float = DEFAULT_ENFORCEMENT_TIMEOUT_SECONDS
     # Oversubscribed budgets: each target's draw-guard record, updated for this reconcile by the shell.
     guard_memory: Mapping[str, GuardMemory] = field(default_factory=dict)
+    # Per target, the pod a profile run measures (the plan was made around it).
+    measurements: Mapping[str, MeasuredPod] = field(default_factory=dict)
     # A budget of a power domain: its share, as the shell got it from the domain allocation.
     domain: DomainContext | None = None
 
@@ -301,11 +322,15 @@ def _select_pods(observed: Observed) -> list[_TargetPods]:
     return result
 
 
-def _granted_watts(old_status: BudgetStatus | None, target: str) -> int | None:
+def _granted_watts(old_status: BudgetStatus | None, target: str, pod: str) -> int | None:
+    """What the current status grants one pod of a target (a measured pod has its own grant)."""
     if old_status is None:
         return None
     granted = old_status.target(target)
-    return granted.cap_watts if granted is not None else None
+    if granted is None:
+        return None
+    measured = granted.measurement
+    return measured.cap_watts if measured is not None and measured.pod == pod else granted.cap_watts
 
 
 def order_writes(
@@ -316,6 +341,7 @@ def order_writes(
     workloads: Mapping[str, WorkloadState | WorkloadMissing],
     target_pods: Sequence[_TargetPods],
     all_pods: Sequence[PodState],
+    measurements: Mapping[str, MeasuredPod] | None = None,
 ) -> list[tuple[Phase, Write]]:
     """The pod and workload writes of an Enforce reconcile, each tagged with its phase (status excluded)."""
     writes: list[tuple[Phase, Write]] = []
@@ -331,17 +357,19 @@ def order_writes(
             writes.append(
                 (phase, ScaleWorkload(target.name, target.workload_ref, workload.replicas, planned.replicas))
             )
-        granted = _granted_watts(old_status, target.name)
+        measured = (measurements or {}).get(target.name)
         for pod in found.pods:
-            if pod.carries(planned.cap_watts, budget):
+            cap = pod_cap_watts(planned.cap_watts, measured, pod.name)
+            if pod.carries(cap, budget):
                 continue
+            granted = _granted_watts(old_status, target.name, pod.name)
             current = pod.cap_watts_from(budget)
             trusted_now = current is not None and granted is not None and current <= granted
-            lowers = granted is not None and planned.cap_watts <= granted
-            if trusted_now and current is not None and planned.cap_watts > current:
+            lowers = granted is not None and cap <= granted
+            if trusted_now and current is not None and cap > current:
                 lowers = False
             phase = Phase.CAPS_DOWN if lowers else Phase.CAPS_UP
-            writes.append((phase, AnnotatePod(pod.name, target.name, planned.cap_watts, budget, current)))
+            writes.append((phase, AnnotatePod(pod.name, target.name, cap, budget, current)))
     for pod in sorted(all_pods, key=lambda p: p.name):
         if pod.name not in selected and pod.budget_annotation == budget and not pod.deleting:
             writes.append((Phase.RELEASE, ReleasePod(pod.name)))
@@ -437,7 +465,9 @@ def _enforcement(
         fallback = min(planned.cap_watts, spec.safe_default_watts)
         watts = 0.0
         enforced_count[target.name] = 0
+        measured = observed.measurements.get(target.name)
         for pod in found.pods:
+            cap = pod_cap_watts(planned.cap_watts, measured, pod.name)
             current = pod.cap_watts_from(budget)
             write = annotate.get(pod.name)
             now_cap = current if current is not None else fallback
@@ -449,7 +479,7 @@ def _enforcement(
             if write is not None and write[0] == Phase.CAPS_UP:
                 raised = pod_bound_watts(pod, write[2].cap_watts, gpus, node_max(pod, target_max))
                 increments[write[1]] = raised - bound
-            if pod.carries(planned.cap_watts, budget) and confirmed(pod, planned.cap_watts):
+            if pod.carries(cap, budget) and confirmed(pod, cap):
                 enforced_count[target.name] += 1
             report = pod.power_capped
             waiting_for_devices = report is not None and report.reason == PowerCappedReason.AWAITING_DEVICES
@@ -628,7 +658,14 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     enforce = spec.mode == Mode.ENFORCE
     phased = (
         order_writes(
-            budget.name, spec, plan, observed.old_status, observed.workloads, target_pods, observed.pods
+            budget.name,
+            spec,
+            plan,
+            observed.old_status,
+            observed.workloads,
+            target_pods,
+            observed.pods,
+            observed.measurements,
         )
         if enforce
         else []
@@ -642,7 +679,10 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
         pod.name
         for found, target in zip(target_pods, spec.targets, strict=True)
         for pod in found.pods
-        if pod.carries(plan.target(target.name).cap_watts, budget.name)
+        if pod.carries(
+            pod_cap_watts(plan.target(target.name).cap_watts, measured_in(observed, target.name), pod.name),
+            budget.name,
+        )
     }
     annotated_after.update(
         w.pod for phase, w in phased if phase == Phase.CAPS_DOWN and isinstance(w, AnnotatePod)
@@ -671,6 +711,12 @@ def reconcile(observed: Observed, plan: Plan, now: str) -> Outcome:
     targets = [
         t.model_copy(update=profiles.target_status(target.profile))
         for t, target in zip(targets, spec.targets, strict=True)
+    ]
+    targets = [
+        t.model_copy(update={"measurement": TargetMeasurement(pod=m.pod, cap_watts=m.cap_watts, run=m.run)})
+        if (m := observed.measurements.get(t.name)) is not None
+        else t
+        for t in targets
     ]
 
     updates: list[cond.ConditionUpdate] = []

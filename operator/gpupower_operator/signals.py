@@ -569,6 +569,21 @@ class SignalSource:
     def forget(self, namespace: str, name: str) -> None:
         self._memory.pop((namespace, name), None)
 
+    async def reader(self, namespace: str, spec: BudgetSpec) -> MetricsReader | None:
+        """A reader of the budget's Prometheus (its url, else the operator's); None without a url.
+
+        Raises :class:`SecretError` when a Secret the budget names cannot be read.
+        """
+        prometheus = prometheus_settings(spec)
+        url = prometheus.url or self.default_url
+        if url is None:
+            return None
+        connection = await self._connection(namespace, prometheus, url)
+        reader = self._readers.get(connection)
+        if reader is None:
+            reader = self._readers[connection] = self._reader_factory(connection)
+        return reader
+
     @staticmethod
     def _log(
         namespace: str, name: str, before: ConditionUpdate | None, signals: Signals, reading: Reading

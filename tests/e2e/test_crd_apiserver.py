@@ -321,3 +321,42 @@ def test_kubectl_get_gpd_shows_the_printer_columns(crd_installed: ControlPlane, 
     ]
     assert table[1].split()[:8] == [name, "9000", "900", "7400.5", "3", "2", "16", "True"]
     crd_installed.kubectl("delete", "gpd", name, "--wait=false")
+
+
+def _run(namespace: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gpupower.dev/v1alpha1",
+        "kind": "GpuPowerProfileRun",
+        "metadata": {"name": "sweep", "namespace": namespace},
+        "spec": {"budget": "llm", "target": "decode", "capsWatts": [250, 350], **spec},
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        ({"capsWatts": [250, 250]}, "spec.capsWatts", "capsWatts must not repeat a cap"),
+        ({"capsWatts": [0]}, "spec.capsWatts[0]", "should be greater than or equal to 1"),
+        ({"capsWatts": []}, "spec.capsWatts", "should have at least 1 items"),
+        ({"holdSeconds": 1}, "spec.holdSeconds", "should be greater than or equal to 5"),
+        ({"target": "Decode"}, "spec.target", "should match"),
+    ],
+)
+def test_an_invalid_profile_run_is_rejected_naming_the_field(
+    crd_installed: ControlPlane, namespace: str, spec: dict[str, Any], field: str, words: str
+) -> None:
+    result = crd_installed.kubectl(
+        "apply", "-f", "-", input=yaml.safe_dump(_run(namespace, **spec)), check=False
+    )
+    assert result.returncode != 0
+    assert field in result.stderr and words in result.stderr, result.stderr
+
+
+def test_a_profile_runs_spec_cannot_change_once_created(crd_installed: ControlPlane, namespace: str) -> None:
+    crd_installed.apply(_run(namespace))
+    stored = crd_installed.get_json("gpr", "sweep", "-n", namespace)
+    assert stored["spec"]["settleSeconds"] == 30 and stored["spec"]["holdSeconds"] == 60  # the defaults
+    changed = _run(namespace, capsWatts=[250, 700])
+    result = crd_installed.kubectl("apply", "-f", "-", input=yaml.safe_dump(changed), check=False)
+    assert result.returncode != 0
+    assert "a run's spec cannot change: delete the run and create another" in result.stderr, result.stderr

@@ -372,3 +372,41 @@ def test_budget_view_reads_its_age() -> None:
     raw = raw_budget({})
     raw["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
     assert budget_view(raw).created == "2026-01-01T00:00:00Z"
+
+
+def test_a_measured_pod_gets_its_own_grant_and_only_it() -> None:
+    target = {
+        "name": "decode",
+        "workloadRef": {"name": "d"},
+        "maxReplicas": 4,
+        "capWatts": {"min": 200, "max": 400},
+        "profile": {"points": [{"watts": 200, "throughput": 1}]},
+    }
+    planned = {
+        "name": "decode",
+        "selector": "app=llm,role=decode",
+        "desiredReplicas": 3,
+        "plannedReplicas": 3,
+        "capWatts": 250,
+        "projectedWatts": 1000,
+        "capacity": 3,
+        "servedFraction": 1,
+        "measurement": {"pod": "measured", "capWatts": 500, "run": "sweep"},
+    }
+    raw = {
+        "metadata": {"name": "llm", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"totalWatts": 2000, "safeDefaultWatts": 200, "targets": [target]},
+        "status": {"targets": [planned]},
+    }
+    index = budgets(budget_view(raw))
+
+    def cap_of(name: str, value: str) -> tuple[Verdict, int]:
+        view = PodView(PodKey("ns", name), "uid", DECODE, "llm", value, finished=False)
+        decided = pod_cap(view, index, AGENT_DEFAULT)
+        assert decided is not None
+        return decided.verdict, decided.cap_watts
+
+    assert cap_of("measured", "500") == (Verdict.TRUSTED, 500)
+    assert cap_of("measured", "501") == (Verdict.UNTRUSTED, 200)  # its own annotation never raises it
+    assert cap_of("other", "500") == (Verdict.UNTRUSTED, 200)  # the others keep the target's grant
+    assert cap_of("other", "250") == (Verdict.TRUSTED, 250)

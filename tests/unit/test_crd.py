@@ -146,3 +146,22 @@ def test_schema_rejects_what_the_models_reject() -> None:
     document["spec"]["mode"] = "DryRun"
     with pytest.raises(jsonschema.ValidationError, match="DryRun"):
         jsonschema.Draft4Validator(schema()).validate(document)
+
+
+RUN_CRD_FILE = REPO / "crds" / "gpupowerprofileruns.yaml"
+
+
+def test_profile_run_crd_is_structural_and_has_the_documented_shape() -> None:
+    document = yaml.safe_load(RUN_CRD_FILE.read_text())
+    spec = document["spec"]
+    assert document["metadata"]["name"] == "gpupowerprofileruns.gpupower.dev"
+    assert spec["names"]["kind"] == "GpuPowerProfileRun" and spec["names"]["shortNames"] == ["gpr"]
+    version = spec["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    schema = version["schema"]["openAPIV3Schema"]
+    assert _structural_problems(schema) == []
+    run_spec = schema["properties"]["spec"]
+    assert set(run_spec["required"]) == {"budget", "target", "capsWatts"}
+    assert run_spec["properties"]["capsWatts"]["items"] == {"type": "integer", "minimum": 1, "maximum": 10000}
+    rules = {rule["rule"] for rule in run_spec["x-kubernetes-validations"]}
+    assert "self == oldSelf" in rules

@@ -220,3 +220,101 @@ def test_plan_notes_raised_points_and_preset_estimates(tmp_path: Path) -> None:
         {"index": 2, "watts": 700.0, "throughput": 16.5, "usedThroughput": 17.0}
     ]
     assert (targets["decode"]["profileSource"], targets["decode"]["profileAdjusted"]) == ("Preset", False)
+
+
+# ---------------------------------------------------------------------------
+# gpupower profile measure: what it refuses before it asks the cluster anything, and how it shows a run
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--caps", "250,abc"], "--caps: 'abc' is not a cap within 1..10000 W"),
+        (["--caps", "250,0"], "--caps: '0' is not a cap within 1..10000 W"),
+        (["--caps", "250,250"], "--caps: capsWatts[1] (250 W) repeats a cap"),
+        (
+            ["--caps", "250", "--hold-seconds", "2"],
+            "--hold-seconds: Input should be greater than or equal to 5",
+        ),
+        (
+            ["--caps", "250", "--settle-seconds", "-1"],
+            "--settle-seconds: Input should be greater than or equal",
+        ),
+        (["--caps", "250", "--target", "Decode"], "--target: String should match pattern"),
+    ],
+)
+def test_measure_names_the_bad_flag_before_it_reaches_the_cluster(args: list[str], words: str) -> None:
+    base = ["profile", "measure", "--budget", "llm", "--target", "decode"]
+    code, stdout, stderr = run(*base, *args)
+    assert code == 1 and stdout == ""
+    assert words in stderr, stderr
+
+
+def test_measure_refuses_an_advisory_budget_and_an_unknown_target() -> None:
+    from gpupower_operator.profile_cli import MeasureError, check_budget
+
+    advisory = {"spec": {"mode": "Advisory", "targets": [{"name": "decode"}]}}
+    with pytest.raises(MeasureError, match="--budget: budget llm is Advisory"):
+        check_budget(advisory, "llm", "decode")
+    enforce = {"spec": {"targets": [{"name": "decode"}, {"name": "prefill"}]}}
+    with pytest.raises(
+        MeasureError, match=r"--target: budget llm has no target 'tts' \(targets: decode, prefill\)"
+    ):
+        check_budget(enforce, "llm", "tts")
+    check_budget(enforce, "llm", "prefill")
+
+
+def test_the_run_document_is_what_the_flags_say() -> None:
+    from gpupower_operator.profile_cli import run_document
+
+    document = run_document(
+        "inference", "llm", "decode", [250, 350], 10, 30, None, 'sum(q{pod="$pod"})', None, None
+    )
+    assert document["kind"] == "GpuPowerProfileRun"
+    assert document["metadata"] == {"namespace": "inference", "generateName": "llm-decode-"}
+    assert document["spec"] == {
+        "budget": "llm",
+        "target": "decode",
+        "capsWatts": [250, 350],
+        "settleSeconds": 10,
+        "holdSeconds": 30,
+        "saturationQuery": 'sum(q{pod="$pod"})',
+    }
+
+
+def test_the_curve_table_shows_every_level_and_what_was_read() -> None:
+    from rich.console import Console
+
+    from gpupower_api.profilerun import LevelPhase, LevelStatus, RunStatus
+    from gpupower_operator.profile_cli import curve_table, level_line
+
+    status = RunStatus(
+        pod="decode-0",
+        unit="requests/s",
+        levels=[
+            LevelStatus(
+                cap_watts=250,
+                phase=LevelPhase.RECORDED,
+                throughput=6.3,
+                observed_watts=241,
+                samples=60,
+                saturated_samples=60,
+            ),
+            LevelStatus(
+                cap_watts=450, phase=LevelPhase.UNSATURATED, throughput=5.1, samples=60, saturated_samples=41
+            ),
+            LevelStatus(cap_watts=700, phase=LevelPhase.OVER_BUDGET, message="reserves 700 W"),
+        ],
+    )
+    console = Console(width=120, record=True)
+    console.print(curve_table(status))
+    text = console.export_text()
+    assert (
+        "decode-0" in text
+        and "Recorded" in text
+        and "60/60" in text
+        and "41/60" in text
+        and "OverBudget" in text
+    )
+    assert level_line(status.levels[0], "requests/s") == "250 W: Recorded 6.3 requests/s"
+    assert level_line(status.levels[2], "requests/s") == "700 W: OverBudget (reserves 700 W)"
