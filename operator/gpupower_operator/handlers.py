@@ -39,13 +39,13 @@ from gpupower_api.contract import (
 )
 from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetSpec, BudgetStatus, InvalidSpecError, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
-from gpupower_operator import inventory, oversubscription, sweep
+from gpupower_operator import domain_handlers, inventory, oversubscription, sweep
 from gpupower_operator import reconcile as rc
 from gpupower_operator.index import BudgetKey, PodIndex, SelectorIndex
 from gpupower_operator.kube import Cluster
 from gpupower_operator.measurements import MeasurementBoard
 from gpupower_operator.metrics import OperatorMetrics
-from gpupower_operator.planner import Plan, Problem, plan, problem_from_spec
+from gpupower_operator.planner import Plan, Problem, budget_milliwatts, floor_watts, plan, problem_from_spec
 from gpupower_operator.signals import SignalSource
 
 log = logging.getLogger("gpupower_operator")
@@ -186,6 +186,16 @@ class Runtime:
         self.guard_events: dict[tuple[str, str], int] = {}
         # The pods profile runs measure, and the budgets' answers to the caps they ask for.
         self.board = MeasurementBoard()
+        # The power domains: their allocation, and each budget's grant (the watts it plans within).
+        self.domain_runtime = domain_handlers.DomainRuntime(
+            cluster,
+            metrics,
+            wake_budgets=self.wake,
+            planned_watts=lambda key: self.written[key].planned_watts if key in self.written else None,
+            clock=clock,
+            resync_seconds=resync_seconds,
+        )
+        self._planned_within: dict[BudgetKey, int] = {}
 
     def wake(self, keys: set[BudgetKey] | list[BudgetKey]) -> None:
         for key in keys:
@@ -202,6 +212,7 @@ class Runtime:
         metadata = body.get("metadata") or {}
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
         if event.get("type") == "DELETED":
+            self.domain_runtime.forget_budget(key)
             self.budgets.pop(key, None)
             self.written.pop(key, None)
             self.unconfirmed_since.pop(key, None)
@@ -267,6 +278,7 @@ class Runtime:
 
     def on_node(self, _: str, name: str, raw: Mapping[str, Any] | None) -> None:
         """A Node appeared, changed or went away: wake the budgets whose cap ranges depend on it."""
+        self.domain_runtime.on_node(name, raw)
         before = self.nodes.get(name)
         if raw is None:
             self.nodes.pop(name, None)
@@ -361,8 +373,12 @@ class Runtime:
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return None
             started = time.monotonic()
+            self._planned_within.pop(key, None)
             outcome = await self._decide(key, body)
             await self._apply(key, body, outcome)
+            planned_within = self._planned_within.pop(key, None)
+            if planned_within is not None:
+                self.domain_runtime.completed(key, planned_within)
             now = self.monotonic()
             since = self.unconfirmed_since.get(key, {})
             self.unconfirmed_since[key] = {name: since.get(name, now) for name in outcome.unconfirmed}
@@ -425,6 +441,7 @@ class Runtime:
         for target_name, memory in guard_memory.items():
             power, throughput = corrections.get(target_name, (1.0, 1.0))
             corrections[target_name] = (oversubscription.floored(power, memory), throughput)
+        domain: rc.DomainContext | None = None
         try:
             problem = problem_from_spec(
                 spec,
@@ -432,7 +449,13 @@ class Runtime:
                 demand=signals.demand() if signals is not None else None,
                 corrections=corrections or None,
                 gpu_min_watts={r.target: r.node_min_watts for r in ranges if r.node_min_watts is not None},
+                # In a domain the watts come from its allocation (below), not from totalWatts.
+                total_watts=1.0 if spec.domain_ref is not None else None,
             )
+            if spec.domain_ref is not None:
+                problem, domain = await self._domain_share(key, spec, problem, old_status)
+            else:
+                self.domain_runtime.forget_budget(key)
             the_plan = plan(problem)
             the_plan, measurements = self._plan_around_measurements(key, problem, the_plan)
         except (ValueError, ArithmeticError) as error:
@@ -485,8 +508,12 @@ class Runtime:
             enforcement_timeout_seconds=self.enforcement_timeout_seconds,
             guard_memory=guard_memory,
             measurements=measurements,
+            domain=domain,
         )
         outcome = rc.reconcile(observed, the_plan, now)
+        if domain is not None:
+            # Once these writes are applied, the budget acts on this grant only (and older ones are over).
+            self._planned_within[key] = budget_milliwatts(the_plan.budget_watts)
         if spec.prometheus is not None:
             # Prometheus is read inside a reconcile: read it (and plan) every intervalSeconds, not only on
             # events and resyncs.
@@ -494,6 +521,27 @@ class Runtime:
             soonest = interval if outcome.recheck_seconds is None else min(outcome.recheck_seconds, interval)
             outcome = replace(outcome, recheck_seconds=soonest)
         return outcome
+
+    async def _domain_share(
+        self, key: BudgetKey, spec: BudgetSpec, problem: Problem, old_status: BudgetStatus | None
+    ) -> tuple[Problem, rc.DomainContext]:
+        """The problem within the budget's grant from its domain, and the share for its status.
+
+        Without an answer in time, or in a frozen tree that has never allocated it, the budget plans
+        within what it planned within last (its floor the first time): nothing moves until it knows.
+        """
+        share = await self.domain_runtime.share(key, spec, problem, old_status)
+        if share is not None and share.grant_milliwatts is not None:
+            milliwatts = share.grant_milliwatts
+        else:
+            milliwatts = budget_milliwatts(domain_handlers.fallback_watts(old_status, floor_watts(problem)))
+        context = (
+            domain_handlers.budget_context(share, spec)
+            if share is not None
+            else domain_handlers.waiting_context(spec)
+        )
+        self.domain_runtime.taken(key, milliwatts)
+        return replace(problem, total_watts=max(milliwatts, 1) / 1000), context
 
     def _guard_memory(
         self,
@@ -634,6 +682,7 @@ class Runtime:
         self.written.pop(key, None)
         self.unconfirmed_since.pop(key, None)
         self.selectors.remove(key)
+        self.domain_runtime.forget_budget(key)
         self.metrics.forget(namespace, name)
         log.info("budget deleted budget=%s/%s", namespace, name)
 

@@ -14,7 +14,7 @@ import kopf
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from gpupower_operator import handlers, measurements
+from gpupower_operator import domain_handlers, handlers, measurements
 from gpupower_operator.config import ConfigError, OperatorConfig, parse_config
 from gpupower_operator.kube import KubeCluster, connection_info, load_configuration
 from gpupower_operator.leader import LeaderElector
@@ -94,6 +94,19 @@ async def run(config: OperatorConfig) -> None:
     node_watch = PodWatch(api, [], runtime.on_node, path_of=nodes_path)
     runtime.nodes_synced = node_watch.synced
     watching_nodes = asyncio.create_task(node_watch.run(), name="node-watch")
+    # The power domains and the namespaces' labels (their namespaceSelectors), for the allocation.
+    domains = runtime.domain_runtime
+    domain_watch = PodWatch(api, [], domains.on_domain, path_of=domain_handlers.domains_path)
+    domains.domains_synced = domain_watch.synced
+    domains.nodes_synced = node_watch.synced
+    namespace_watch = PodWatch(api, [], domains.on_namespace, path_of=domain_handlers.namespaces_path)
+    domains.namespaces_synced = namespace_watch.synced
+    watches = [
+        watching,
+        watching_nodes,
+        asyncio.create_task(domain_watch.run(), name="domain-watch"),
+        asyncio.create_task(namespace_watch.run(), name="namespace-watch"),
+    ]
     ready = asyncio.Event()
     elector = LeaderElector(api, config.leader_election) if config.leader_election else None
 
@@ -119,6 +132,8 @@ async def run(config: OperatorConfig) -> None:
             metrics.leader.set(0)
             await elector.acquire()
         metrics.leader.set(1)
+        # The allocator writes domain statuses: only while this replica leads, like kopf's handlers.
+        watches.append(asyncio.create_task(domains.run(), name="domain-allocator"))
         operating = asyncio.ensure_future(
             kopf.operator(
                 registry=registry,
@@ -135,7 +150,7 @@ async def run(config: OperatorConfig) -> None:
         else:
             await operating
     finally:
-        for task in (watching, watching_nodes):
+        for task in watches:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -108,8 +108,17 @@ def _cluster_role(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(d for d in documents if d["kind"] == "ClusterRole" and d["metadata"]["name"] == name)
 
 
-def _node_only_rules(role: dict[str, Any]) -> bool:
-    return all(rule["apiGroups"] == [""] and rule["resources"] == ["nodes"] for rule in role["rules"])
+# What is not namespaced: Nodes, Namespaces, and the power domains.
+_CLUSTER_SCOPED = {("", "nodes"), ("", "namespaces"), ("gpupower.dev", "gpupowerdomains")}
+
+
+def _cluster_scoped_rules(role: dict[str, Any]) -> bool:
+    return all(
+        (group, resource.split("/")[0]) in _CLUSTER_SCOPED
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    )
 
 
 def test_agent_role_writes_only_the_status_of_pods() -> None:
@@ -145,10 +154,22 @@ def test_the_operator_only_reads_nodes() -> None:
     assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}]
 
 
-def test_namespace_restricted_overlay_keeps_cluster_roles_for_nodes_only() -> None:
+def test_the_operator_reads_domains_and_namespaces_and_writes_only_the_domains_status() -> None:
+    role = _cluster_role(render("manifests"), "gpupower-operator-power-domains")
+    grants = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    assert grants == {
+        ("gpupowerdomains", "list"),
+        ("gpupowerdomains", "watch"),
+        ("gpupowerdomains/status", "patch"),
+        ("namespaces", "list"),
+        ("namespaces", "watch"),
+    }
+
+
+def test_namespace_restricted_overlay_keeps_cluster_roles_for_cluster_scoped_resources_only() -> None:
     documents = render("manifests/overlays/namespace-restricted")
     cluster_roles = [d for d in documents if d["kind"] == "ClusterRole"]
-    assert cluster_roles and all(_node_only_rules(role) for role in cluster_roles)
+    assert cluster_roles and all(_cluster_scoped_rules(role) for role in cluster_roles)
     bindings = [d for d in documents if d["kind"] == "ClusterRoleBinding"]
     assert {b["roleRef"]["name"] for b in bindings} == {r["metadata"]["name"] for r in cluster_roles}
     roles = [d for d in documents if d["kind"] in {"Role", "RoleBinding"}]
