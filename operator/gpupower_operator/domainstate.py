@@ -269,7 +269,12 @@ def decide(
     drawing: dict[str, BudgetFacts] = {}
     for budget in budgets:
         admitted = _admission(budget, domains, valid, problems, good, chains, namespace_labels)
-        if admitted.status != ConditionStatus.TRUE:
+        if admitted.reason == REASON_DOMAIN_INVALID:
+            # Its domain exists but cannot be allocated: nothing is lost, the last share stays.
+            shares[budget.key] = BudgetShare(
+                budget.key, budget.domain, budget.priority, admitted, None, message=admitted.message
+            )
+        elif admitted.status != ConditionStatus.TRUE:
             floor = None if budget.problem is None else budget_milliwatts(floor_watts(budget.problem))
             shares[budget.key] = BudgetShare(
                 budget.key, budget.domain, budget.priority, admitted, floor, message=admitted.message
@@ -408,7 +413,8 @@ def _admission(
         return cond.false(
             DOMAIN_ADMITTED,
             REASON_DOMAIN_INVALID,
-            f"spec.domainRef.name: domain {name} cannot be allocated ({why}); the budget holds its floor",
+            f"spec.domainRef.name: domain {name} cannot be allocated ({why}); the last allocation stays "
+            "in force",
         )
     labels = namespace_labels.get(budget.namespace)
     for domain in chains[name]:

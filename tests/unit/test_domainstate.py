@@ -181,6 +181,7 @@ def test_a_broken_tree_keeps_the_last_allocation_and_names_the_reason() -> None:
         share.admitted.reason == ds.REASON_DOMAIN_INVALID
         and "row-typo does not exist" in share.admitted.message
     )
+    assert share.grant_milliwatts is None, "the shell keeps the last share"
     for name, reason in (("rack-a", "ParentNotFound"), ("x", "ParentCycle"), ("y", "ParentCycle")):
         report = decision.domains[name]
         assert report.frozen and report.conditions[0].reason == reason
