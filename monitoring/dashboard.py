@@ -5,7 +5,7 @@ Adding a panel is adding one entry to :data:`SECTIONS` (e.g.
 panel's queries against a real Prometheus scraping a running fleet, and every
 metric name against the ones the operator and the agent export.
 
-Variables the queries may use: ``$namespace`` and ``$budget`` (regular
+Variables the queries may use: ``$namespace``, ``$budget`` and ``$domain`` (regular
 expressions: every value is selected by default), ``$node``, and Grafana's own
 ``$__rate_interval``.
 """
@@ -23,6 +23,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 BUDGET = 'namespace=~"$namespace",budget=~"$budget"'
 # The agents' per-budget series name the budget's namespace budget_namespace (their own is the agent's).
 GUARDED = 'budget_namespace=~"$namespace",budget=~"$budget"'
+DOMAIN = 'domain=~"$domain"'
 # The node of an agent's series: from its gpupower_agent_info, whatever the scrape's relabeling.
 ON_NODE = '* on (job, instance) group_left (node) gpupower_agent_info{node=~"$node"}'
 
@@ -220,6 +221,59 @@ SECTIONS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 width=8,
                 description="Engagements per node, and as the operator counts them per target (it plans with "
                 "less oversubscription after each).",
+            ),
+        ),
+    ),
+    (
+        "Power domains",
+        (
+            Panel(
+                "What the GPUs hold against each domain's limit",
+                (
+                    q(f"gpupower_domain_held_watts{{{DOMAIN}}}", "{{domain}} held"),
+                    q(f"gpupower_domain_limit_watts{{{DOMAIN}}}", "{{domain}} limit"),
+                ),
+                unit="watt",
+                width=12,
+                description="The sum of the limits every GPU on the domain's nodes holds, by the agents' "
+                "reports (idle and unmanaged GPUs included): what its breaker would see at worst.",
+            ),
+            Panel(
+                "Committed outside budgets, by kind",
+                (q(f"gpupower_domain_committed_watts{{{DOMAIN}}}", "{{domain}} {{kind}}"),),
+                unit="watt",
+                width=12,
+                description="Idle GPUs at their parked limit, unmanaged pods' GPUs, and GPUs of budgets of "
+                "other domains: what comes off the domain before any budget gets a watt.",
+            ),
+            Panel(
+                "Allocated, floors and headroom",
+                (
+                    q(f"gpupower_domain_allocated_watts{{{DOMAIN}}}", "{{domain}} allocated"),
+                    q(f"gpupower_domain_floor_watts{{{DOMAIN}}}", "{{domain}} floors"),
+                    q(f"gpupower_domain_headroom_watts{{{DOMAIN}}}", "{{domain}} headroom"),
+                ),
+                unit="watt",
+                width=12,
+            ),
+            Panel(
+                "Allocation per budget",
+                (
+                    q(
+                        f"gpupower_domain_budget_allocated_watts{{{DOMAIN},{BUDGET}}}",
+                        "{{domain}} {{namespace}}/{{budget}}",
+                    ),
+                ),
+                unit="watt",
+                width=12,
+                description="What each domain allocates the budgets that join it directly (by priority).",
+            ),
+            Panel(
+                "Domain conditions",
+                (q(f'gpupower_domain_condition{{{DOMAIN},status="True"}} == 1', "{{domain}} {{type}}"),),
+                kind="table",
+                width=24,
+                description="The conditions that are True now: Ready, Overcommitted, Infeasible, Overlap.",
             ),
         ),
     ),
@@ -430,6 +484,7 @@ def build() -> dict[str, Any]:
                     'label_values(gpupower_operator_budget_watts{namespace=~"$namespace"}, budget)',
                 ),
                 _variable("node", "Node", "label_values(gpupower_agent_info, node)"),
+                _variable("domain", "Power domain", "label_values(gpupower_domain_limit_watts, domain)"),
             ]
         },
         "annotations": {"list": []},

@@ -113,6 +113,7 @@ def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
     cp.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
     namespace = unique_name("dash")
+    domain_name = unique_name("dash-rack")
     cp.kubectl("create", "namespace", namespace)
     exporter = SyntheticExporter()
     exporter.start()
@@ -158,12 +159,16 @@ def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
             [
                 gpu_deployment("prefill", namespace, 2, node_selector=fleet.node_selector),
                 gpu_deployment("decode", namespace, 2, gpus=2, node_selector=fleet.node_selector),
+                gpu_deployment("chat", namespace, 1, node_selector=fleet.node_selector),
             ]
         )
         cp.apply(budget(namespace, prometheus.url))
+        # A power domain over the fleet's nodes with a budget of its own: the domain panels' series.
+        cp.apply([rack(domain_name, fleet.node_selector), rack_budget(namespace, domain_name)])
         with DcgmSimulator(cp, exporter, namespace):
             yield Running(prometheus, namespace, tuple(fleet.node_names), operator)
     finally:
+        cp.kubectl("delete", "gpd", domain_name, "--wait=false", check=False)
         cp.kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
         cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         operator.stop()
@@ -212,6 +217,40 @@ def budget(namespace: str, prometheus_url: str) -> dict[str, Any]:
     }
 
 
+def rack(name: str, node_selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "gpupower.dev/v1alpha1",
+        "kind": "GpuPowerDomain",
+        "metadata": {"name": name},
+        "spec": {"totalWatts": 20000, "nodeSelector": {"matchLabels": node_selector}},
+    }
+
+
+def rack_budget(namespace: str, domain: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "gpupower.dev/v1alpha1",
+        "kind": "GpuPowerBudget",
+        "metadata": {"name": "chat", "namespace": namespace},
+        "spec": {
+            "domainRef": {"name": domain},
+            "priority": 100,
+            "safeDefaultWatts": 250,
+            "targets": [
+                {
+                    "name": "chat",
+                    "workloadRef": {"name": "chat"},
+                    "maxReplicas": 2,
+                    "capWatts": {"min": 200, "max": 400},
+                    "profile": {
+                        "points": [{"watts": 200, "throughput": 10}, {"watts": 400, "throughput": 16}]
+                    },
+                    "demand": 12,
+                }
+            ],
+        },
+    }
+
+
 def panel_queries() -> list[tuple[str, str, str]]:
     """(panel title, refId, expr) of every query of the shipped dashboard."""
     document = json.loads(generate.DASHBOARD_JSON.read_text())
@@ -228,6 +267,7 @@ def substitute(expr: str, namespace: str) -> str:
         expr.replace("$namespace", namespace)
         .replace("$budget", ".*")
         .replace("$node", ".*")
+        .replace("$domain", ".*")
         .replace("$__rate_interval", "30s")
     )
 
