@@ -137,6 +137,7 @@ class HeldReportPublisher:
         self._last_error: str | None = None
         self._wake = asyncio.Event()
         self._running = True
+        self._sending = asyncio.Lock()  # one patch at a time: the exit's flush and the task's
 
     def update(self, held: NodeHeld | None, node: NodeView | None) -> None:
         """Take what the GPUs hold after a reconcile (None: the node is in no domain) and the Node as watched
@@ -171,9 +172,11 @@ class HeldReportPublisher:
 
     async def flush(self) -> None:
         """Send the patch if one is due (at once, whatever the backoff says)."""
-        if not self._due:
-            return
-        text = self._desired
+        async with self._sending:
+            if self._due:
+                await self._send(self._desired)
+
+    async def _send(self, text: str | None) -> None:
         patch = {"metadata": {"annotations": {GPU_POWER_HELD_ANNOTATION: text}}}
         try:
             await self._api.merge_patch(self._path, patch, REQUEST_TIMEOUT_SECONDS)
