@@ -101,11 +101,11 @@ def _condition_on_gpus(
                 "the GPU holds the lowest safe default among them",
             ),
         )
-    domain = {d.reason for uuid in uuids if (d := decisions.get(uuid)) is not None}
+    reasons = {d.reason for uuid in uuids if (d := decisions.get(uuid)) is not None}
     if cap.verdict is Verdict.UNTRUSTED:
         holds = (
             "its power domain caps the GPUs of pods no budget manages lower"
-            if Reason.UNMANAGED_CAP in domain
+            if Reason.UNMANAGED_CAP in reasons
             else f"the GPUs hold {cap.cap_watts} W"
         )
         return PodCondition(
@@ -114,7 +114,7 @@ def _condition_on_gpus(
     if cap.verdict is Verdict.AWAITING_CAP:
         holds = (
             f"its power domain keeps the GPUs parked until it is (then at most {cap.cap_watts} W)"
-            if Reason.AWAITING_CAP_PARKED in domain
+            if Reason.AWAITING_CAP_PARKED in reasons
             else f"the GPUs hold {cap.cap_watts} W (the grant or the safe default)"
         )
         return PodCondition(
