@@ -8,6 +8,11 @@ GPUs hold once the decisions are applied (the PowerCapped condition, read back
 from NVML), and which pods ask for GPUs the mapping does not show yet, so the
 loop can look again soon (the kubelet allocates a pod's devices after the agent
 first sees the pod).
+
+On a node in a power domain (its place, from the domains and the Node's labels)
+the decisions park idle GPUs and cap unmanaged pods' GPUs (see ``policy``), and
+each reconcile also sums what every GPU holds by who holds it, read back from
+NVML (see ``held``), for the Node's ``gpupower.dev/gpu-power-held`` annotation.
 """
 
 from __future__ import annotations
@@ -21,13 +26,25 @@ from pathlib import Path
 
 from gpupower_agent import guard
 from gpupower_agent.cluster import BudgetView, PodKey, PodView
-from gpupower_agent.mapping import Assignments, GpuMapping, MappingError, resolve
+from gpupower_agent.held import IDLE, UNMANAGED, HeldGpu, gpu_holder, node_held
+from gpupower_agent.mapping import Assignments, GpuMapping, MappingError, resolve, unseen_holders
 from gpupower_agent.metrics import AgentMetrics
 from gpupower_agent.nvml import Gpu, NvmlError, PowerControl
-from gpupower_agent.policy import Action, GpuDecision, GpuSnapshot, NodePlan, Reason, guarded, plan_node
+from gpupower_agent.policy import (
+    Action,
+    GpuDecision,
+    GpuSnapshot,
+    NodePlan,
+    OtherHolders,
+    Reason,
+    guarded,
+    plan_node,
+)
 from gpupower_agent.powercapped import PodCondition, awaiting_devices, pod_conditions
 from gpupower_agent.state import CorruptStateError, load_state, save_state
 from gpupower_agent.trust import BudgetIndex, PodCap, Verdict, pod_cap
+from gpupower_api.contract import NodeHeld
+from gpupower_api.domains import NodePlace
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +106,13 @@ class TrustCache:
 
 @dataclass(frozen=True)
 class Reconciled:
-    """One reconcile's outcome: the decisions, each managed pod's condition, the pods awaiting GPUs."""
+    """One reconcile's outcome: the decisions, each managed pod's condition, the pods awaiting GPUs, and,
+    while the node is in a power domain, what its GPUs hold by who holds them (None outside any)."""
 
     plan: NodePlan
     conditions: dict[PodKey, PodCondition]
     awaiting_devices: frozenset[PodKey]
+    held: NodeHeld | None = None
 
 
 def _pods_text(pods: Iterable[PodKey]) -> str:
@@ -140,6 +159,9 @@ class Agent:
         self._guards: dict[tuple[str, str], guard.GuardState] = {}
         self._guard_read_once = False
         self.draw_guard = draw_guard
+        # Whether the last reconcile was in a power domain, and who held each GPU then.
+        self._in_domain = False
+        self._holders: dict[str, str] = {}
         for gpu in self._gpus.values():
             self.metrics.gpu_managed.labels(gpu.uuid, str(gpu.index)).set(0)
             limit = self._read_limit(gpu)
@@ -249,11 +271,16 @@ class Agent:
             return None
 
     async def reconcile(
-        self, pods: Collection[PodView], budgets: Iterable[BudgetView], guard_reading: bool = False
+        self,
+        pods: Collection[PodView],
+        budgets: Iterable[BudgetView],
+        guard_reading: bool = False,
+        place: NodePlace | None = None,
     ) -> Reconciled | None:
         """One full pass over the node's GPUs; None when the GPU mapping has never been readable.
 
         ``guard_reading``: this pass is a reading period of the draw guard (the loop makes one a period).
+        ``place``: where the node sits among the power domains (None: in none).
         """
         started = time.perf_counter()
         assignments = await self._read_assignments()
@@ -265,7 +292,9 @@ class Agent:
             GpuSnapshot(gpu.uuid, gpu.constraints, self._read_limit(gpu)) for gpu in self._gpus.values()
         ]
         caps = self._trust.caps(pods, budgets)
-        base = plan_node(snapshots, caps, on_gpu, self.managed)
+        in_domain = place is not None and place.in_domain
+        others = self._other_holders(assignments, pods, on_gpu, caps) if in_domain else {}
+        base = plan_node(snapshots, caps, on_gpu, self.managed, place=place, others=others)
         current = {snapshot.uuid: snapshot.current_limit_watts for snapshot in snapshots}
         limits_held = self._guard(base, {b.key: b for b in budgets}, guard_reading)
         plan = NodePlan(
@@ -286,8 +315,76 @@ class Agent:
         )
         awaiting = frozenset(awaiting_devices(pods, on_gpu))
         self._track_awaiting(awaiting)
+        held: NodeHeld | None = None
+        self._in_domain = in_domain
+        if in_domain:
+            self._holders = {
+                uuid: gpu_holder(
+                    (plan.pod_caps[key] for key in on_gpu.get(uuid, ()) if key in plan.pod_caps),
+                    others.get(uuid, OtherHolders()),
+                )
+                for uuid in self._gpus
+            }
+            held = self._held(limits)
+            parked = sum(
+                1
+                for d in plan.decisions
+                if d.reason is Reason.PARKED and limits.get(d.uuid) == d.target_watts
+            )
+            self.metrics.parked_gpus.set(parked)
+        else:
+            self._holders = {}
+            self.metrics.parked_gpus.set(0)
+        self._export_held(held)
         self.metrics.reconcile_duration_seconds.observe(time.perf_counter() - started)
-        return Reconciled(plan, conditions, awaiting)
+        return Reconciled(plan, conditions, awaiting, held)
+
+    def _other_holders(
+        self,
+        assignments: Assignments,
+        pods: Collection[PodView],
+        on_gpu: Mapping[str, tuple[PodKey, ...]],
+        caps: Mapping[PodKey, PodCap],
+    ) -> dict[str, OtherHolders]:
+        """Per GPU, who holds it besides the pods the trust rule manages (what a power domain counts)."""
+        finished = {pod.key for pod in pods if pod.finished}
+        unseen = unseen_holders(assignments, pods)
+        return {
+            uuid: OtherHolders(
+                tuple(key for key in on_gpu.get(uuid, ()) if key not in caps and key not in finished),
+                unseen.get(uuid, 0),
+            )
+            for uuid in self._gpus
+        }
+
+    def _held(self, limits: Mapping[str, int | None]) -> NodeHeld:
+        """What every GPU holds by who held it at the last reconcile in a domain (``limits`` read back)."""
+        return node_held(
+            HeldGpu(self._holders.get(uuid, IDLE), limits.get(uuid), gpu.constraints.max_watts)
+            for uuid, gpu in self._gpus.items()
+        )
+
+    def held_now(self) -> NodeHeld | None:
+        """What the GPUs hold now (read from NVML again), by who held them at the last reconcile in a domain;
+        None when the node was in none. For the report after the agent restores the GPUs on exit."""
+        if not self._in_domain:
+            return None
+        held = self._held({uuid: self._read_limit(gpu) for uuid, gpu in self._gpus.items()})
+        self._export_held(held)
+        return held
+
+    def _export_held(self, held: NodeHeld | None) -> None:
+        if held is None:
+            self.metrics.set_held(None)
+            return
+        budgets = (sum(g.gpus for g in held.budgets.values()), sum(g.watts for g in held.budgets.values()))
+        self.metrics.set_held(
+            {
+                IDLE: (held.idle.gpus, held.idle.watts),
+                UNMANAGED: (held.unmanaged.gpus, held.unmanaged.watts),
+                "budgets": budgets,
+            }
+        )
 
     def _guarded_gpus(
         self, plan: NodePlan, oversubscribed: Mapping[tuple[str, str], BudgetView]

@@ -1,6 +1,7 @@
 """What the agent knows of the cluster, as typed values built once from raw API objects.
 
-Pods on this node and the grants in budget status; raw dicts stop here. A pod's
+Pods on this node, the grants in budget status, the power domains and this
+node's own labels; raw dicts stop here. A pod's
 view holds what the kubelet changes as it admits and starts it (phase, container
 states, start times), so every such change wakes the agent, and the agent's own
 ``gpupower.dev/PowerCapped`` condition, so it patches that condition only on change.
@@ -16,7 +17,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gpupower_api.contract import BUDGET_ANNOTATION, POWER_CAPPED_CONDITION, POWER_LIMIT_ANNOTATION
+from gpupower_api.contract import (
+    BUDGET_ANNOTATION,
+    GPU_POWER_HELD_ANNOTATION,
+    POWER_CAPPED_CONDITION,
+    POWER_LIMIT_ANNOTATION,
+)
+from gpupower_api.domains import DomainSpec, parse_domain_spec
 from gpupower_api.models import BudgetStatus, InvalidSpecError, Mode, Oversubscription, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
 
@@ -288,3 +295,46 @@ def budget_view(raw: Mapping[str, Any]) -> BudgetView:
         created=str(metadata.get("creationTimestamp") or ""),
         oversubscription=oversubscription,
     )
+
+
+@dataclass(frozen=True)
+class DomainView:
+    """A GpuPowerDomain: its validated spec, or, when the spec does not validate, why (then it is skipped)."""
+
+    name: str
+    spec: DomainSpec | None
+    invalid_field: str | None = None
+    invalid_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """This agent's own Node: the labels that place it in the power domains, and its held report."""
+
+    name: str
+    labels: Mapping[str, str]
+    held_report: str | None = None
+
+
+def _cluster_name(raw: Mapping[str, Any], kind: str) -> tuple[str, Mapping[str, Any]]:
+    metadata = raw.get("metadata")
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
+        raise InvalidObjectError(f"{kind}: metadata.name missing")
+    return str(metadata["name"]), metadata
+
+
+def domain_view(raw: Mapping[str, Any]) -> DomainView:
+    """The agent's view of a raw GpuPowerDomain; a spec that does not validate is kept as the reason why."""
+    name, _ = _cluster_name(raw, "gpupowerdomain")
+    spec = raw.get("spec")
+    try:
+        return DomainView(name, parse_domain_spec(dict(spec) if isinstance(spec, Mapping) else {}))
+    except InvalidSpecError as error:
+        return DomainView(name, None, error.field, str(error))
+
+
+def node_view(raw: Mapping[str, Any]) -> NodeView:
+    """The agent's view of its raw Node."""
+    name, metadata = _cluster_name(raw, "node")
+    annotations = _string_map(metadata.get("annotations"))
+    return NodeView(name, _string_map(metadata.get("labels")), annotations.get(GPU_POWER_HELD_ANNOTATION))

@@ -13,13 +13,14 @@ from gpupower_agent.agent import Agent, Reconciled, wait_for_wake
 from gpupower_agent.apiclient import ApiClient, KubeConfigError, load_credentials
 from gpupower_agent.cgroups import CgroupMapping
 from gpupower_agent.config import AgentConfig, ConfigError, parse_config
-from gpupower_agent.kube import ApiHealth, budget_informer, pod_informer
+from gpupower_agent.kube import ApiHealth, budget_informer, domain_informer, node_informer, pod_informer
 from gpupower_agent.mapping import GpuMapping, MappingMode
 from gpupower_agent.metrics import AgentMetrics, start_http_server
 from gpupower_agent.nvml import FakeNvml, NvmlError, PowerControl, RealNvml
+from gpupower_agent.placement import Placement
 from gpupower_agent.podresources import PodResourcesMapping, pod_resources_answers
 from gpupower_agent.powercapped import stopped_conditions
-from gpupower_agent.publisher import InventoryPublisher
+from gpupower_agent.publisher import HeldReportPublisher, InventoryPublisher
 from gpupower_agent.reporter import ConditionReporter
 
 log = logging.getLogger("gpupower_agent")
@@ -158,12 +159,18 @@ async def run(config: AgentConfig) -> int:
         gpu_resources=config.gpu_resource_names,
     )
     budgets = budget_informer(api, config.namespace, wake.set, health, on_api_error)
+    # Where the node sits among the power domains: the domains (cluster-scoped) and its own Node's labels.
+    domains = domain_informer(api, wake.set, health, on_api_error)
+    node = node_informer(api, config.node_name, wake.set, health, on_api_error)
+    informers = (pods, budgets, domains, node)
+    placement = Placement(config.node_name, metrics)
     publisher = InventoryPublisher(api, config.node_name, metrics)
+    held_publisher = HeldReportPublisher(api, config.node_name, metrics)
     reporter = ConditionReporter(api, metrics)
     tasks = [
-        asyncio.create_task(pods.run()),
-        asyncio.create_task(budgets.run()),
+        *(asyncio.create_task(informer.run()) for informer in informers),
         asyncio.create_task(reporter.run()),
+        asyncio.create_task(held_publisher.run()),
     ]
     log.info(
         "event=started node=%s gpus=%d namespace=%s resync_seconds=%g restore_on_exit=%s "
@@ -204,13 +211,18 @@ async def run(config: AgentConfig) -> int:
             else:
                 agent.refresh_gpus(present)
                 await publisher.publish(present)
-            if pods.synced and budgets.synced:
+            # Until the domains and the Node are known too, a parked GPU must not look idle outside any.
+            if all(informer.synced for informer in informers):
                 reading = guard_period > 0 and time.monotonic() >= next_guard_reading
                 if reading:
                     next_guard_reading = time.monotonic() + guard_period
                 try:
+                    place = placement.place(domains.items, node.items.get(config.node_name))
                     result = await agent.reconcile(
-                        list(pods.items.values()), list(budgets.items.values()), guard_reading=reading
+                        list(pods.items.values()),
+                        list(budgets.items.values()),
+                        guard_reading=reading,
+                        place=place,
                     )
                 except Exception:
                     # A bug must not end the agent: exiting would restore defaults and uncap every GPU.
@@ -220,20 +232,28 @@ async def run(config: AgentConfig) -> int:
                     if result is not None:
                         last = result
                         reporter.update(result.conditions, pods.items)
+                        held_publisher.update(result.held, node.items.get(config.node_name))
     finally:
         # Restore first: nothing that follows may delay giving the GPUs their defaults back.
         if config.restore_on_exit:
             restored = agent.restore_all()
             if last is not None:
                 reporter.update(stopped_conditions(last.plan.decisions, restored), pods.items)
+                # In a domain the operator counts what the GPUs hold: now their defaults.
+                held = agent.held_now()
+                if held is not None:
+                    held_publisher.update(held, node.items.get(config.node_name))
                 try:
-                    await asyncio.wait_for(reporter.flush(), EXIT_REPORT_SECONDS)
+                    await asyncio.wait_for(
+                        asyncio.gather(reporter.flush(), held_publisher.flush()), EXIT_REPORT_SECONDS
+                    )
                 except TimeoutError:
                     log.warning("event=exit_report_timeout seconds=%g", EXIT_REPORT_SECONDS)
         else:
             log.info("event=exit_without_restore managed_gpus=%d", len(agent.managed))
         reporter.stop()
-        for informer in (pods, budgets):
+        held_publisher.stop()
+        for informer in informers:
             informer.stop()
         for task in tasks:
             task.cancel()

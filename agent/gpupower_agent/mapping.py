@@ -60,3 +60,16 @@ def resolve(assignments: Assignments, pods: Iterable[PodView]) -> dict[str, tupl
                 keys[key] = None
         resolved[uuid] = tuple(keys)
     return resolved
+
+
+def unseen_holders(assignments: Assignments, pods: Iterable[PodView]) -> dict[str, int]:
+    """GPU UUID -> how many pods on it the agent does not know (another namespace, or not watched yet)."""
+    pods = list(pods)
+    keys = {pod.key for pod in pods}
+    uids = {pod.uid for pod in pods if pod.uid}
+    unseen: dict[str, int] = {}
+    for uuid, refs in assignments.items():
+        count = sum(1 for ref in set(refs) if ref.key not in keys and (ref.uid or "") not in uids)
+        if count:
+            unseen[uuid] = count
+    return unseen

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -156,7 +156,43 @@ class AgentMetrics:
             guard_labels,
             registry=r,
         )
+        self.domain_info = Gauge(
+            "gpupower_agent_domain_info",
+            "1 for each power domain the node counts in (those that select it and every one above them).",
+            ["domain"],
+            registry=r,
+        )
+        self.domains_skipped = Gauge(
+            "gpupower_agent_domains_skipped",
+            "GpuPowerDomains whose spec does not validate, skipped when placing the node.",
+            registry=r,
+        )
+        self.parked_gpus = Gauge(
+            "gpupower_agent_parked_gpus",
+            "GPUs no pod holds that hold their parked limit (idleGpuWatts) while the node is in a domain.",
+            registry=r,
+        )
+        self.held_watts = Gauge(
+            "gpupower_agent_held_watts",
+            "Sum of the limits the node's GPUs hold, by who holds them (idle, unmanaged, budgets), "
+            "while the node is in a power domain: what its gpupower.dev/gpu-power-held annotation says.",
+            ["kind"],
+            registry=r,
+        )
+        self.held_gpus = Gauge(
+            "gpupower_agent_held_gpus",
+            "The node's GPUs by who holds them (idle, unmanaged, budgets), while the node is in a domain.",
+            ["kind"],
+            registry=r,
+        )
+        self.held_report_patches_total = Counter(
+            "gpupower_agent_held_report_patches_total",
+            "Patches of the Node's gpupower.dev/gpu-power-held annotation, by result (set, removed, failed).",
+            ["result"],
+            registry=r,
+        )
         self._pod_info_labels: set[tuple[str, str, str]] = set()
+        self._domains: frozenset[str] = frozenset()
 
     def set_gpu_pods(self, holders: Iterable[tuple[str, str, str]]) -> None:
         """Make ``gpu_pod_info`` exactly the given (uuid, namespace, pod) series."""
@@ -166,6 +202,25 @@ class AgentMetrics:
         for labels in current - self._pod_info_labels:
             self.gpu_pod_info.labels(*labels).set(1)
         self._pod_info_labels = current
+
+    def set_domains(self, domains: Iterable[str]) -> None:
+        """Make ``domain_info`` exactly one series per domain the node counts in."""
+        current = frozenset(domains)
+        for name in self._domains - current:
+            self.domain_info.remove(name)
+        for name in current - self._domains:
+            self.domain_info.labels(name).set(1)
+        self._domains = current
+
+    def set_held(self, by_kind: Mapping[str, tuple[int, int]] | None) -> None:
+        """The held gauges: (GPUs, watts) by kind while the node is in a domain; no series outside one."""
+        if by_kind is None:
+            self.held_watts.clear()
+            self.held_gpus.clear()
+            return
+        for kind, (gpus, watts) in by_kind.items():
+            self.held_gpus.labels(kind).set(gpus)
+            self.held_watts.labels(kind).set(watts)
 
     def forget_guard(self, namespace: str, name: str) -> None:
         """Drop a budget's guard series (its GPUs left this node); the counter keeps its total."""

@@ -9,6 +9,25 @@
 - A GPU the draw guard of an oversubscribed budget holds lower gets the guard's
   limit (never above what the rules above give).
 - NVML is called only when the current limit differs from the decided one.
+
+On a node in a power domain (``gpupower_api.domains.place_node``) every GPU is
+accounted for, so on top of the rules above:
+
+- A GPU no pod holds is *parked*: held at the domain's ``idleGpuWatts``, clamped
+  into what the GPU accepts (unset: the GPU's minimum), not given its default back.
+- A GPU held by pods no Enforce budget manages (pods the trust rule does not
+  manage, pods it manages only through their own annotations, and pods the GPU
+  mapping names that the agent does not see) is capped at ``unmanagedGpuWatts``
+  (clamped) when the domain sets it, or at the lower of that and the rules above
+  when it shares the GPU with managed pods. Unset, such a GPU is handled as
+  outside a domain, except that a GPU held by a pod the agent cannot see is left
+  as it is: the agent never raises a GPU for a pod it cannot see (one the watch
+  has not delivered yet would otherwise take its parked GPU to the default).
+- A GPU held by a pod awaiting its cap (selected by a budget, not annotated yet)
+  holds the lower of the rules above and its parked limit, until the cap is
+  trusted: a new replica landing on a parked GPU starts parked, not at the default.
+
+Outside any domain the decision is exactly the one above.
 """
 
 from __future__ import annotations
@@ -19,7 +38,8 @@ from enum import StrEnum
 
 from gpupower_agent.cluster import PodKey
 from gpupower_agent.nvml import GpuConstraints
-from gpupower_agent.trust import PodCap
+from gpupower_agent.trust import PodCap, Verdict
+from gpupower_api.domains import NodePlace
 
 
 class Action(StrEnum):
@@ -35,6 +55,9 @@ class Reason(StrEnum):
     NO_MANAGED_POD = "no_managed_pod"
     UNMANAGED = "unmanaged"
     GUARDED = "guarded"  # the draw guard holds the GPU below its pods' cap
+    PARKED = "parked"  # in a power domain, no pod holds the GPU: held at its parked limit
+    UNMANAGED_CAP = "unmanaged_cap"  # in a power domain, pods no budget manages: unmanagedGpuWatts
+    AWAITING_CAP_PARKED = "awaiting_cap_parked"  # in a power domain, a pod awaiting its cap: parked
 
 
 @dataclass(frozen=True)
@@ -125,28 +148,120 @@ def guarded(
     )
 
 
+@dataclass(frozen=True)
+class OtherHolders:
+    """Who holds a GPU besides the pods the trust rule manages (what a power domain accounts for)."""
+
+    unmanaged: tuple[PodKey, ...] = ()  # running pods the agent sees that the trust rule does not manage
+    unseen: int = 0  # pods the GPU mapping names that the agent does not see (not watched yet, or elsewhere)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.unmanaged) or self.unseen > 0
+
+
+NO_OTHERS = OtherHolders()
+
+
+def parked_watts(place: NodePlace, constraints: GpuConstraints) -> int:
+    """Where an idle GPU of a node in a domain is parked: ``idleGpuWatts`` clamped, else its minimum."""
+    if place.idle_gpu_watts is None:
+        return constraints.min_watts
+    return clamp_watts(place.idle_gpu_watts, constraints)
+
+
+def _at_most(
+    decision: GpuDecision,
+    requested_watts: int,
+    constraints: GpuConstraints,
+    reason: Reason,
+    current_limit_watts: int | None,
+) -> GpuDecision:
+    """``decision``, or a cap at ``requested_watts`` (clamped) when that is lower or nothing caps the GPU."""
+    target = clamp_watts(requested_watts, constraints)
+    if (
+        decision.action is Action.CAP
+        and decision.target_watts is not None
+        and decision.target_watts <= target
+    ):
+        return decision
+    return GpuDecision(
+        decision.uuid,
+        Action.CAP,
+        reason,
+        target,
+        requested_watts,
+        decision.pods,
+        current_limit_watts != target,
+    )
+
+
+def decide_gpu_in_domain(
+    uuid: str,
+    pod_caps: Iterable[PodCap],
+    constraints: GpuConstraints,
+    current_limit_watts: int | None,
+    capped_before: bool,
+    place: NodePlace,
+    others: OtherHolders = NO_OTHERS,
+) -> GpuDecision:
+    """The decision for one GPU of a node in a power domain (see the module docstring)."""
+    caps = list(pod_caps)
+    if not caps and not others.any:
+        target = parked_watts(place, constraints)
+        requested = place.idle_gpu_watts if place.idle_gpu_watts is not None else target
+        return GpuDecision(
+            uuid, Action.CAP, Reason.PARKED, target, requested, (), current_limit_watts != target
+        )
+    decision = decide_gpu(uuid, caps, constraints, current_limit_watts, capped_before)
+    unmanaged = others.any or any(cap.budget is None for cap in caps)
+    if unmanaged and place.unmanaged_gpu_watts is not None:
+        decision = _at_most(
+            decision, place.unmanaged_gpu_watts, constraints, Reason.UNMANAGED_CAP, current_limit_watts
+        )
+    elif others.unseen and not caps and decision.action is Action.RESTORE:
+        decision = GpuDecision(uuid, Action.LEAVE, Reason.UNMANAGED, None, None, (), False)
+    if any(cap.verdict is Verdict.AWAITING_CAP for cap in caps):
+        decision = _at_most(
+            decision,
+            parked_watts(place, constraints),
+            constraints,
+            Reason.AWAITING_CAP_PARKED,
+            current_limit_watts,
+        )
+    return decision
+
+
 def plan_node(
     gpus: Iterable[GpuSnapshot],
     pod_caps: Mapping[PodKey, PodCap],
     assignments: Mapping[str, Collection[PodKey]],
     capped_before: Collection[str],
     guard_limits: Mapping[str, int] | None = None,
+    place: NodePlace | None = None,
+    others: Mapping[str, OtherHolders] | None = None,
 ) -> NodePlan:
     """Decisions for every GPU of the node, from the managed pods' caps (see ``trust.pod_caps``), under
-    the draw guard's limits where it holds a GPU lower (``guard_limits``, by GPU UUID)."""
+    the draw guard's limits where it holds a GPU lower (``guard_limits``, by GPU UUID).
+
+    In a power domain (``place``), ``others`` says who else holds each GPU (by GPU UUID).
+    """
     guard_limits = guard_limits or {}
+    others = others or {}
+    in_domain = place is not None and place.in_domain
+
+    def decide(gpu: GpuSnapshot) -> GpuDecision:
+        caps = [pod_caps[key] for key in assignments.get(gpu.uuid, ()) if key in pod_caps]
+        capped = gpu.uuid in capped_before
+        if in_domain:
+            assert place is not None
+            held_by = others.get(gpu.uuid, NO_OTHERS)
+            return decide_gpu_in_domain(
+                gpu.uuid, caps, gpu.constraints, gpu.current_limit_watts, capped, place, held_by
+            )
+        return decide_gpu(gpu.uuid, caps, gpu.constraints, gpu.current_limit_watts, capped)
+
     decisions = tuple(
-        guarded(
-            decide_gpu(
-                gpu.uuid,
-                (pod_caps[key] for key in assignments.get(gpu.uuid, ()) if key in pod_caps),
-                gpu.constraints,
-                gpu.current_limit_watts,
-                gpu.uuid in capped_before,
-            ),
-            guard_limits.get(gpu.uuid),
-            gpu.current_limit_watts,
-        )
-        for gpu in gpus
+        guarded(decide(gpu), guard_limits.get(gpu.uuid), gpu.current_limit_watts) for gpu in gpus
     )
     return NodePlan(decisions=decisions, pod_caps=pod_caps)

@@ -17,6 +17,13 @@ From what one reconcile decided and what NVML reads back afterwards, per pod:
 - a pod the agent reported on before and no longer manages gets
   ``False``/``Unmanaged``: its GPUs are no longer capped for it.
 
+On a node in a power domain that sets ``unmanagedGpuWatts``, a pod no Enforce
+budget manages whose GPUs the domain caps is told so: ``False``/``Unmanaged``
+(no budget vouches for a cap; it is the domain that holds the GPUs), with what
+its GPUs hold first, as for every other pod, so the watts are readable. Pods
+awaiting their cap on a GPU the domain keeps parked, and pods under the safe
+default whose GPUs the domain caps lower, say so in their message.
+
 Every message starts with what the GPUs hold (``contract.power_capped_message``),
 so the operator counts the watts the hardware holds. Messages carry nothing that
 changes by itself (no times, no counters): a condition is patched only when what
@@ -94,19 +101,26 @@ def _condition_on_gpus(
                 "the GPU holds the lowest safe default among them",
             ),
         )
+    reasons = {d.reason for uuid in uuids if (d := decisions.get(uuid)) is not None}
     if cap.verdict is Verdict.UNTRUSTED:
+        holds = (
+            "its power domain caps the GPUs of pods no budget manages lower"
+            if Reason.UNMANAGED_CAP in reasons
+            else f"the GPUs hold {cap.cap_watts} W"
+        )
         return PodCondition(
-            False,
-            PowerCappedReason.SAFE_DEFAULT,
-            power_capped_message(held, f"{cap.detail}; the GPUs hold {cap.cap_watts} W"),
+            False, PowerCappedReason.SAFE_DEFAULT, power_capped_message(held, f"{cap.detail}; {holds}")
         )
     if cap.verdict is Verdict.AWAITING_CAP:
+        holds = (
+            f"its power domain keeps the GPUs parked until it is (then at most {cap.cap_watts} W)"
+            if Reason.AWAITING_CAP_PARKED in reasons
+            else f"the GPUs hold {cap.cap_watts} W (the grant or the safe default)"
+        )
         return PodCondition(
             False,
             PowerCappedReason.AWAITING_CAP,
-            power_capped_message(
-                held, f"no cap annotated yet; the GPUs hold {cap.cap_watts} W (the grant or the safe default)"
-            ),
+            power_capped_message(held, f"no cap annotated yet; {holds}"),
         )
     guarding = [
         uuid for uuid in uuids if (d := decisions.get(uuid)) is not None and d.reason is Reason.GUARDED
@@ -136,6 +150,30 @@ def _condition_on_gpus(
     )
 
 
+NOT_CAPPED = "no Enforce budget manages this pod: its GPUs are not capped for it"
+
+
+def _unmanaged(
+    uuids: tuple[str, ...], decisions: Mapping[str, GpuDecision], limits: Mapping[str, int | None]
+) -> PodCondition | None:
+    """What a pod no budget manages is told when its power domain caps its GPUs (None: it does not)."""
+    capped = [
+        d for uuid in uuids if (d := decisions.get(uuid)) is not None and d.reason is Reason.UNMANAGED_CAP
+    ]
+    if not capped:
+        return None
+    watts = max(d.target_watts or 0 for d in capped)
+    detail = f"no Enforce budget manages this pod; its power domain caps its GPUs at {watts} W"
+    held_watts = [limits.get(uuid) for uuid in uuids]
+    if any(limit is None for limit in held_watts):
+        unreadable = ", ".join(uuid for uuid in uuids if limits.get(uuid) is None)
+        return PodCondition(
+            False, PowerCappedReason.UNMANAGED, f"{detail}; the power limit of {unreadable} cannot be read"
+        )
+    held = HeldWatts(len(uuids), max(limit for limit in held_watts if limit is not None))
+    return PodCondition(False, PowerCappedReason.UNMANAGED, power_capped_message(held, detail))
+
+
 def pod_conditions(
     pods: Collection[PodView],
     pod_caps: Mapping[PodKey, PodCap],
@@ -160,12 +198,11 @@ def pod_conditions(
             continue
         cap = pod_caps.get(pod.key)
         if cap is None:
+            unmanaged = _unmanaged(tuple(sorted(gpus_of.get(pod.key, ()))), decisions, limits)
             reported = pod.power_capped
-            if reported is not None and reported.reason != PowerCappedReason.UNMANAGED:
-                conditions[pod.key] = PodCondition(
-                    False,
-                    PowerCappedReason.UNMANAGED,
-                    "no Enforce budget manages this pod: its GPUs are not capped for it",
+            if unmanaged is not None or (reported is not None and reported.message != NOT_CAPPED):
+                conditions[pod.key] = unmanaged or PodCondition(
+                    False, PowerCappedReason.UNMANAGED, NOT_CAPPED
                 )
             continue
         uuids = tuple(sorted(gpus_of.get(pod.key, ())))

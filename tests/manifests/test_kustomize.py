@@ -139,9 +139,19 @@ def test_the_agent_writes_only_its_node_and_pod_conditions_and_admission_holds_i
         for d in documents
         if d["kind"] == "ClusterRole" and d["metadata"]["name"].startswith("gpupower-agent")
     ]
-    assert {d["metadata"]["name"] for d in agent_roles} == {"gpupower-agent", "gpupower-agent-node-inventory"}
+    assert {d["metadata"]["name"] for d in agent_roles} == {
+        "gpupower-agent",
+        "gpupower-agent-node-inventory",
+        "gpupower-agent-domains",
+    }
     inventory = _cluster_role(documents, "gpupower-agent-node-inventory")
-    assert inventory["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    assert inventory["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "watch", "patch"]}
+    ]
+    domains = _cluster_role(documents, "gpupower-agent-domains")
+    assert domains["rules"] == [
+        {"apiGroups": ["gpupower.dev"], "resources": ["gpupowerdomains"], "verbs": ["get", "list", "watch"]}
+    ]
     policies = {d["kind"]: d for d in documents if d["kind"].startswith("ValidatingAdmissionPolicy")}
     assert set(policies) == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     rules = policies["ValidatingAdmissionPolicy"]["spec"]["matchConstraints"]["resourceRules"]
@@ -170,6 +180,9 @@ def test_namespace_restricted_overlay_keeps_cluster_roles_for_cluster_scoped_res
     documents = render("manifests/overlays/namespace-restricted")
     cluster_roles = [d for d in documents if d["kind"] == "ClusterRole"]
     assert cluster_roles and all(_cluster_scoped_rules(role) for role in cluster_roles)
+    assert {"gpupower-agent-domains", "gpupower-operator-power-domains"} <= {
+        role["metadata"]["name"] for role in cluster_roles
+    }
     bindings = [d for d in documents if d["kind"] == "ClusterRoleBinding"]
     assert {b["roleRef"]["name"] for b in bindings} == {r["metadata"]["name"] for r in cluster_roles}
     roles = [d for d in documents if d["kind"] in {"Role", "RoleBinding"}]
