@@ -8,7 +8,6 @@ What a breaker would see is read from the fake GPUs' state files every 100 ms: t
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import yaml
 from tests.e2e.budgetkit import budget, condition, get_budget, target, wait_ready
 from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import OperatorProcess, clean_namespace, running_operator
+from tests.e2e.sampling import Sampling
 from tests.envtest import ControlPlane, unique_name, wait_for
 from tests.workloads import gpu_deployment
 
@@ -105,7 +105,7 @@ def ns(row: Row, namespace: str) -> Iterator[str]:
 
 
 @dataclass
-class Breakers:
+class Breakers(Sampling):
     """What every GPU on each rack's nodes and the row's holds, every 100 ms, from the fake GPUs' files."""
 
     row: Row
@@ -114,9 +114,6 @@ class Breakers:
     samples: int = 0
     # The nodes of each domain: the racks' from the nodes' labels; the test moves a node with move().
     members: dict[str, list[str]] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _error: BaseException | None = None
 
     def __post_init__(self) -> None:
         for name, value in self.row.rack_value.items():
@@ -130,32 +127,12 @@ class Breakers:
         members[self.row.row] = list(self.row.fleet.node_names)
         self.members = members
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                racks = self.members
-                held = {
-                    name: sum(node.agent.limits().values()) for name, node in self.row.fleet.nodes.items()
-                }
-                for domain_name, nodes in racks.items():
-                    total = sum(held[n] for n in nodes)
-                    self.peaks[domain_name] = max(self.peaks.get(domain_name, 0), total)
-                self.samples += 1
-                self._stop.wait(self.interval_seconds)
-        except BaseException as error:  # surfaced by __exit__: a dead sampler must fail the test
-            self._error = error
-
-    def __enter__(self) -> Breakers:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._error is not None:
-            raise AssertionError(f"the sampler failed: {self._error!r}") from self._error
+    def sample(self) -> None:
+        held = {name: sum(node.agent.limits().values()) for name, node in self.row.fleet.nodes.items()}
+        for domain_name, nodes in self.members.items():
+            total = sum(held[n] for n in nodes)
+            self.peaks[domain_name] = max(self.peaks.get(domain_name, 0), total)
+        self.samples += 1
 
     def assert_within(self, limits: dict[str, float]) -> None:
         assert self.samples > 50, f"{self.samples} samples: too few to say anything"
@@ -282,17 +259,6 @@ def test_a_row_of_two_racks_shares_its_watts_by_priority_and_never_exceeds_a_lim
             ("chat", 100),
             ("batch", 0),
         }
-        table = cp.kubectl("get", "gpd", row.rack_a).stdout.splitlines()
-        assert table[0].split()[:8] == [
-            "NAME",
-            "LIMIT",
-            "COMMITTED",
-            "ALLOCATED",
-            "BUDGETS",
-            "NODES",
-            "GPUS",
-            "READY",
-        ]
 
         # An idle node of rack b moves into rack a: the allocation follows within a reconcile of the change.
         cp.kubectl("label", "node", b2, f"{RACK}={row.labels[a1][RACK]}", "--overwrite")

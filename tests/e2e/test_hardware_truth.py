@@ -6,7 +6,6 @@ read from their state files every 50 ms while the fleet moves.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from tests.e2e.agentkit import annotate
 from tests.e2e.budgetkit import budget, condition, expected_plan, get_budget, live_pods, target, wait_ready
 from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import OperatorProcess, clean_namespace, running_operator
+from tests.e2e.sampling import Sampling
 from tests.envtest import ControlPlane, unique_name, wait_for
 from tests.workloads import gpu_deployment
 
@@ -73,7 +73,7 @@ def ns(rig: Rig, namespace: str) -> Iterator[str]:
 
 
 @dataclass
-class Sampler:
+class Sampler(Sampling):
     """What the fake GPUs hold, every 50 ms, in a background thread."""
 
     fleet: SimulatedFleet
@@ -82,41 +82,18 @@ class Sampler:
     # Per pod, the highest limit any of its GPUs held once CAP_AFTER_ALLOCATION_SECONDS past allocation.
     settled_max: dict[PodKey, int] = field(default_factory=dict)
     fleet_watts: list[int] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _error: BaseException | None = None
 
-    def _run(self) -> None:
-        try:
-            self._sample()
-        except BaseException as error:  # surfaced by __exit__: a dead sampler must fail the test
-            self._error = error
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            now = time.monotonic()
-            for node in self.fleet.nodes.values():
-                limits = node.agent.limits()
-                for pod, allocation in node.simulator.allocations().items():
-                    if pod.namespace != self.namespace:
-                        continue
-                    if now - allocation.allocated_at >= CAP_AFTER_ALLOCATION_SECONDS:
-                        held = max(limits.get(uuid, 0) for uuid in allocation.gpu_uuids)
-                        self.settled_max[pod] = max(self.settled_max.get(pod, 0), held)
-            self.fleet_watts.append(self.fleet.running_watts(self.namespace))
-            self._stop.wait(self.interval_seconds)
-
-    def __enter__(self) -> Sampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._error is not None:
-            raise AssertionError(f"the sampler failed: {self._error!r}") from self._error
+    def sample(self) -> None:
+        now = time.monotonic()
+        for node in self.fleet.nodes.values():
+            limits = node.agent.limits()
+            for pod, allocation in node.simulator.allocations().items():
+                if pod.namespace != self.namespace:
+                    continue
+                if now - allocation.allocated_at >= CAP_AFTER_ALLOCATION_SECONDS:
+                    held = max(limits.get(uuid, 0) for uuid in allocation.gpu_uuids)
+                    self.settled_max[pod] = max(self.settled_max.get(pod, 0), held)
+        self.fleet_watts.append(self.fleet.running_watts(self.namespace))
 
 
 def pinned(rig: Rig, name: str, ns: str, replicas: int, pool: str | None = None) -> dict[str, Any]:
