@@ -504,7 +504,8 @@ class Agent:
         awaiting = {cap.pod for cap in plan.pod_caps.values() if cap.verdict is Verdict.AWAITING_CAP}
         for pod in awaiting - self._reported_awaiting:
             self.metrics.safe_default_fallbacks_total.labels("awaiting_cap").inc()
-            log.info("event=pod_awaiting_cap pod=%s applied_watts=%d", pod, plan.pod_caps[pod].cap_watts)
+            # The trust rule's fallback (grant or safe default); a parked GPU in a power domain holds lower.
+            log.info("event=pod_awaiting_cap pod=%s fallback_watts=%d", pod, plan.pod_caps[pod].cap_watts)
         self._reported_awaiting = awaiting
         conflicts = {d.uuid: d.pods for d in plan.decisions if d.reason is Reason.CONFLICT}
         for uuid, pods in conflicts.items():
