@@ -112,6 +112,8 @@ class Breakers(Sampling):
     interval_seconds: float = 0.1
     peaks: dict[str, float] = field(default_factory=dict)
     samples: int = 0
+    first: float = 0.0  # when the first and the last sample were taken (monotonic)
+    last: float = 0.0
     # The nodes of each domain: the racks' from the nodes' labels; the test moves a node with move().
     members: dict[str, list[str]] = field(default_factory=dict)
 
@@ -133,9 +135,14 @@ class Breakers(Sampling):
             total = sum(held[n] for n in nodes)
             self.peaks[domain_name] = max(self.peaks.get(domain_name, 0), total)
         self.samples += 1
+        self.last = time.monotonic()
+        if self.samples == 1:
+            self.first = self.last
 
     def assert_within(self, limits: dict[str, float]) -> None:
-        assert self.samples > 50, f"{self.samples} samples: too few to say anything"
+        assert self.samples >= 20, f"{self.samples} samples: too few to say anything"
+        period = (self.last - self.first) / (self.samples - 1)
+        assert period < 0.3, f"one sample every {period:.2f} s: the sampler fell behind its 100 ms"
         over = {name: (self.peaks[name], limit) for name, limit in limits.items() if self.peaks[name] > limit}
         assert not over, f"limits of all GPUs above a domain's limit (peak, limit): {over}"
 
