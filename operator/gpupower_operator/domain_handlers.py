@@ -262,6 +262,13 @@ class DomainRuntime:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
                 self.wake()
+            except Exception:
+                # A bug must not end the allocator: the budgets would wait for it in vain. Say it loudly.
+                self.metrics.errors.labels("domain_allocation").inc()
+                log.exception("domain allocation failed retry_in_seconds=%.1f", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                self.wake()
             finally:
                 async with self._rounds:
                     self._completed = max(self._completed, wanted)
@@ -305,7 +312,10 @@ class DomainRuntime:
     async def _write_status(self, name: str, report: ds.DomainReport, decision: ds.Decision) -> None:
         old = self._written.get(name) or self.domain_statuses.get(name)
         status = domain_status(report, old, self.planned_watts, self.clock())
-        self.metrics.domains.record(name, self.domains[name].spec, status)
+        facts = self.domains.get(name)
+        if facts is None:
+            return  # deleted meanwhile
+        self.metrics.domains.record(name, facts.spec, status)
         if old is not None and old == status:
             return
         await self.cluster.patch_domain_status(name, status.model_dump(by_alias=True, mode="json"))
