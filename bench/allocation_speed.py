@@ -17,6 +17,7 @@ budgets would. Both must give the same allocation (the run exits 1 if not).
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import statistics
 import sys
@@ -69,7 +70,12 @@ class ReplanCurve:
 
 
 def timed(function: object, *args: object) -> tuple[float, float, Allocation]:
-    """CPU seconds, wall seconds, and the result of ``function(*args)``."""
+    """CPU seconds, wall seconds, and the result of ``function(*args)``.
+
+    The garbage of the run before (the re-planning loop's above all) is collected
+    first, so that no run pays for another's.
+    """
+    gc.collect()
     cpu, wall = time.process_time(), time.perf_counter()
     result = function(*args)  # type: ignore[operator]
     return time.process_time() - cpu, time.perf_counter() - wall, result

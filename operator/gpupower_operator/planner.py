@@ -9,7 +9,9 @@ cheapest way to serve at least ``s`` does not depend on the others. For a
 threshold ``s``, a target's cheapest pair (least watts, then fewest GPUs, then
 lowest cap) is found cap by cap: with a given cap the fewest replicas reaching
 ``s`` are the cheapest, and caps are tried most efficient first so that bounds
-end the scan after a few (:func:`_cheapest_pair`). Whether the cheapest pairs
+end the scan after a few (:func:`_cheapest_pair`); a target of few replicas and
+many caps is scanned the other way, replica count by replica count, each with a
+bisection for its lowest cap reaching ``s``. Whether the cheapest pairs
 fit the budget together only falls as ``s`` rises, so a search over ``s``
 (:func:`_best_picks`) finds the largest served fraction that fits, ending when
 no float lies between a fraction that fits and one that does not. Each target
@@ -726,6 +728,41 @@ _BOUNDS_FROM = 1e-200
 def _cheapest_pair(target: TargetProblem, table: _CapTable, threshold: float) -> _Pick | None:
     """The least power, then fewest replicas, then lowest cap serving at least ``threshold`` (0 < it <= 1).
 
+    One of two scans finds it, whichever has fewer candidates: one pair per cap
+    (:func:`_cheapest_by_caps`) or one per replica count
+    (:func:`_cheapest_by_replicas`, for targets of few replicas and many caps).
+    Both give the same pair; a property test holds each to brute force.
+    """
+    demand = target.demand
+    if not demand:
+        return None  # unreachable: a target without demand serves 1 at its floor and is never raised
+    lowest = max(target.min_replicas, 1)  # zero replicas serve nothing
+    if (target.max_replicas - lowest + 1) * _CAPS_PER_REPLICA_SCAN <= len(table.caps):
+        found = _cheapest_by_replicas(target, table, threshold, lowest)
+    else:
+        found = _cheapest_by_caps(target, table, threshold, lowest)
+    if found is None:
+        return None
+    replicas, k = found
+    cap = table.caps[k]
+    return _Pick(
+        milliwatts=target_milliwatts(target, replicas, cap),
+        replicas=replicas,
+        cap_watts=cap,
+        served=served_fraction(replicas * table.rates[k], demand),
+        cap_milliwatts=caps_milliwatts(target, replicas, cap),
+    )
+
+
+# A target with at most len(caps) / this many replica counts is scanned replica by replica.
+_CAPS_PER_REPLICA_SCAN = 8
+
+
+def _cheapest_by_caps(
+    target: TargetProblem, table: _CapTable, threshold: float, lowest: int
+) -> tuple[int, int] | None:
+    """:func:`_cheapest_pair`'s (replicas, cap index), one candidate per cap.
+
     With a given cap the fewest replicas reaching the threshold are the cheapest,
     so one pair per cap competes. A cap needs at least ``threshold x demand /
     rate`` replicas; that bound, computed in floats and shrunk by a margin far
@@ -734,9 +771,7 @@ def _cheapest_pair(target: TargetProblem, table: _CapTable, threshold: float) ->
     exceeds the best power so far, no later cap can win or tie.
     """
     demand = target.demand
-    if not demand:
-        return None  # unreachable: a target without demand serves 1 at its floor and is never raised
-    lowest = max(target.min_replicas, 1)  # zero replicas serve nothing
+    assert demand  # the caller returned for a target without demand
     highest = target.max_replicas
     caps, rates = table.caps, table.rates
     ordered = _power_follows_replica_watts(target, caps[-1])
@@ -765,15 +800,45 @@ def _cheapest_pair(target: TargetProblem, table: _CapTable, threshold: float) ->
         )
         if best_power < 0 or (power, replicas, cap) < (best_power, best_replicas, best_cap):
             best_power, best_replicas, best_cap, best_k = power, replicas, cap, k
-    if best_power < 0:
-        return None
-    return _Pick(
-        milliwatts=target_milliwatts(target, best_replicas, best_cap),
-        replicas=best_replicas,
-        cap_watts=best_cap,
-        served=served_fraction(best_replicas * rates[best_k], demand),
-        cap_milliwatts=caps_milliwatts(target, best_replicas, best_cap),
-    )
+    return None if best_power < 0 else (best_replicas, best_k)
+
+
+def _cheapest_by_replicas(
+    target: TargetProblem, table: _CapTable, threshold: float, lowest: int
+) -> tuple[int, int] | None:
+    """:func:`_cheapest_pair`'s (replicas, cap index), one candidate per replica count.
+
+    With a given number of replicas the lowest cap reaching the threshold is the
+    cheapest, and rates rise with the cap, so a bisection finds it (settled by
+    the exact test of :func:`_fewest_replicas`). With power ordered by replicas
+    x cap, ``r x`` the lowest cap bounds every pair of ``r`` or more replicas,
+    which ends the scan.
+    """
+    demand = target.demand
+    assert demand  # the caller returned for a target without demand
+    caps, rates = table.caps, table.rates
+    ordered = _power_follows_replica_watts(target, caps[-1])
+    top = len(caps) - 1
+    best: tuple[int, int, int, int] | None = None  # (power, replicas, cap, index)
+    for replicas in range(lowest, target.max_replicas + 1):
+        if ordered and best is not None and replicas * caps[0] >= best[0]:
+            break  # at least as much power, and more replicas, at any cap
+        if replicas * rates[top] / demand < threshold:
+            continue  # out of reach even at the best cap
+        k = min(bisect_left(rates, threshold * demand / replicas), top)
+        while k > 0 and replicas * rates[k - 1] / demand >= threshold:
+            k -= 1
+        while replicas * rates[k] / demand < threshold:
+            k += 1
+        cap = caps[k]
+        power = (
+            replicas * cap
+            if ordered
+            else _milliwatts(replicas * target.gpus_per_replica * cap, target.power_factor)
+        )
+        if best is None or (power, replicas, cap) < best[:3]:
+            best = (power, replicas, cap, k)
+    return None if best is None else (best[1], best[3])
 
 
 def _power_follows_replica_watts(target: TargetProblem, top_cap_watts: int) -> bool:

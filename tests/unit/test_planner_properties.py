@@ -37,6 +37,8 @@ from gpupower_operator.planner import (
     throughput_at,
 )
 from gpupower_operator.planner import _cap_table as cap_table
+from gpupower_operator.planner import _cheapest_by_caps as cheapest_by_caps
+from gpupower_operator.planner import _cheapest_by_replicas as cheapest_by_replicas
 from gpupower_operator.planner import _cheapest_pair as cheapest_pair
 from gpupower_operator.planner import _throughputs_on_grid as throughputs_on_grid
 
@@ -340,11 +342,18 @@ def test_cheapest_pair_for_a_threshold_is_the_least_power_then_fewest_replicas_t
     for threshold in sorted(thresholds):
         reaching = [p for p in pairs if p[3] >= threshold]
         pick = cheapest_pair(target, table, threshold)
+        lowest = max(target.min_replicas, 1)
         if not reaching:
             assert pick is None
+            assert cheapest_by_caps(target, table, threshold, lowest) is None
+            assert cheapest_by_replicas(target, table, threshold, lowest) is None
             continue
         assert pick is not None
         assert (pick.milliwatts, pick.replicas, pick.cap_watts, pick.served) == min(reaching)
+        # Both scans find that pair, whichever the dispatch chose.
+        best = (pick.replicas, table.caps.index(pick.cap_watts))
+        assert cheapest_by_caps(target, table, threshold, lowest) == best
+        assert cheapest_by_replicas(target, table, threshold, lowest) == best
 
 
 def _combinations(problem: Problem) -> list[tuple[int, float, tuple[tuple[int, int], ...]]]:
