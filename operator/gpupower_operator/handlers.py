@@ -90,6 +90,8 @@ def pod_state(body: Mapping[str, Any]) -> rc.PodState:
         node_name=(body.get("spec") or {}).get("nodeName") or None,
         node_selector=dict((body.get("spec") or {}).get("nodeSelector") or {}),
         power_capped=capped_report(body.get("status") or {}),
+        deletion_cost=annotations.get(rc.DELETION_COST_ANNOTATION),
+        saved_deletion_cost=annotations.get(rc.SAVED_DELETION_COST_ANNOTATION),
     )
 
 
@@ -625,7 +627,14 @@ class Runtime:
                     cap = write.annotations()[POWER_LIMIT_ANNOTATION]
                     self.pods.upsert(namespace, replace(cached, cap_annotation=cap, budget_annotation=name))
                 else:
-                    self.pods.upsert(namespace, replace(cached, cap_annotation=None, budget_annotation=None))
+                    released = replace(cached, cap_annotation=None, budget_annotation=None)
+                    if write.restore_deletion_cost is not None:
+                        released = replace(
+                            released,
+                            deletion_cost=write.restore_deletion_cost or None,
+                            saved_deletion_cost=None,
+                        )
+                    self.pods.upsert(namespace, released)
             if isinstance(write, rc.AnnotatePod):
                 log.info(
                     "pod cap budget=%s/%s pod=%s target=%s from_watts=%s to_watts=%d",
@@ -638,6 +647,23 @@ class Runtime:
                 )
             else:
                 log.info("pod released budget=%s/%s pod=%s", namespace, name, write.pod)
+        elif isinstance(write, rc.ProtectPod):
+            changes = write.annotations()
+            found = await self.cluster.patch_pod_annotations(namespace, write.pod, changes)
+            self.metrics.writes.labels("pod").inc()
+            cached = self.pods.get(namespace, write.pod)
+            if found and cached is not None:
+                cost, saved = changes[rc.DELETION_COST_ANNOTATION], changes[rc.SAVED_DELETION_COST_ANNOTATION]
+                self.pods.upsert(namespace, replace(cached, deletion_cost=cost, saved_deletion_cost=saved))
+            log.info(
+                "pod deletion cost budget=%s/%s pod=%s %s",
+                namespace,
+                name,
+                write.pod,
+                f"set to {rc.MEASURED_DELETION_COST} while it is measured (saved {write.saved or 'none'})"
+                if write.protect
+                else f"restored to {write.saved or 'none'}",
+            )
         elif isinstance(write, rc.ScaleWorkload):
             await self.cluster.patch_scale(namespace, write.workload, write.to_replicas)
             self.metrics.writes.labels("scale").inc()

@@ -70,6 +70,12 @@ MAX_NAMED_CONFLICTS = 3
 MAX_NAMED_PODS = 5
 DEFAULT_ENFORCEMENT_TIMEOUT_SECONDS = 60.0
 
+# The pod a profile run measures is the last its ReplicaSet deletes on a scale-down (the run needs it):
+# it gets the highest deletion cost, and the value it had is kept beside it ("" for none) and put back.
+DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+SAVED_DELETION_COST_ANNOTATION = "gpupower.dev/saved-pod-deletion-cost"
+MEASURED_DELETION_COST = str(2**31 - 1)
+
 
 # ---------------------------------------------------------------------------
 # What is observed
@@ -98,6 +104,8 @@ class PodState:
     node_name: str | None = None  # the node it is bound to; None while pending
     node_selector: Mapping[str, str] = field(default_factory=dict)
     power_capped: CappedReport | None = None
+    deletion_cost: str | None = None  # controller.kubernetes.io/pod-deletion-cost
+    saved_deletion_cost: str | None = None  # what it was before a profile run measured the pod
 
     @property
     def active(self) -> bool:
@@ -224,12 +232,51 @@ class AnnotatePod:
 
 @dataclass(frozen=True)
 class ReleasePod:
-    """Remove the contract annotations from a pod the budget no longer owns."""
+    """Remove the contract annotations from a pod the budget no longer owns (and put back the deletion
+    cost a profile run replaced, when ``restore_deletion_cost`` is not None)."""
 
     pod: str
+    restore_deletion_cost: str | None = None
 
     def annotations(self) -> dict[str, str | None]:
-        return {POWER_LIMIT_ANNOTATION: None, BUDGET_ANNOTATION: None}
+        changes: dict[str, str | None] = {POWER_LIMIT_ANNOTATION: None, BUDGET_ANNOTATION: None}
+        if self.restore_deletion_cost is not None:
+            changes.update(_restored_deletion_cost(self.restore_deletion_cost))
+        return changes
+
+
+@dataclass(frozen=True)
+class ProtectPod:
+    """Give the measured pod the highest deletion cost (``protect``, saving ``saved``), or put back the
+    cost it had (``saved``) once no run measures it. ``""`` stands for no deletion cost."""
+
+    pod: str
+    protect: bool
+    saved: str
+
+    def annotations(self) -> dict[str, str | None]:
+        if self.protect:
+            return {
+                DELETION_COST_ANNOTATION: MEASURED_DELETION_COST,
+                SAVED_DELETION_COST_ANNOTATION: self.saved,
+            }
+        return _restored_deletion_cost(self.saved)
+
+
+def _restored_deletion_cost(saved: str) -> dict[str, str | None]:
+    return {DELETION_COST_ANNOTATION: saved or None, SAVED_DELETION_COST_ANNOTATION: None}
+
+
+def deletion_cost_write(pod: PodState, measured: bool) -> ProtectPod | None:
+    """What keeps a measured pod last in line for deletion, or gives a pod back its own deletion cost."""
+    if measured:
+        if pod.deletion_cost == MEASURED_DELETION_COST and pod.saved_deletion_cost is not None:
+            return None
+        saved = pod.saved_deletion_cost if pod.saved_deletion_cost is not None else pod.deletion_cost or ""
+        return ProtectPod(pod.name, True, saved)
+    if pod.saved_deletion_cost is not None:
+        return ProtectPod(pod.name, False, pod.saved_deletion_cost)
+    return None
 
 
 @dataclass(frozen=True)
@@ -245,7 +292,7 @@ class WriteStatus:
     status: BudgetStatus
 
 
-Write = AnnotatePod | ReleasePod | ScaleWorkload | WriteStatus
+Write = AnnotatePod | ReleasePod | ProtectPod | ScaleWorkload | WriteStatus
 
 
 @dataclass(frozen=True)
@@ -359,6 +406,10 @@ def order_writes(
             )
         measured = (measurements or {}).get(target.name)
         for pod in found.pods:
+            protect = deletion_cost_write(pod, measured is not None and measured.pod == pod.name)
+            if protect is not None:
+                # Before any scale-down, so that the ReplicaSet deletes another pod than the measured one.
+                writes.append((Phase.CAPS_DOWN if protect.protect else Phase.RELEASE, protect))
             cap = pod_cap_watts(planned.cap_watts, measured, pod.name)
             if pod.carries(cap, budget):
                 continue
@@ -372,7 +423,7 @@ def order_writes(
             writes.append((phase, AnnotatePod(pod.name, target.name, cap, budget, current)))
     for pod in sorted(all_pods, key=lambda p: p.name):
         if pod.name not in selected and pod.budget_annotation == budget and not pod.deleting:
-            writes.append((Phase.RELEASE, ReleasePod(pod.name)))
+            writes.append((Phase.RELEASE, ReleasePod(pod.name, pod.saved_deletion_cost)))
     return writes
 
 
@@ -998,7 +1049,9 @@ def reconcile_plan_failed(
 def release_writes(budget: str, pods: Sequence[PodState]) -> list[ReleasePod]:
     """On deletion: remove the annotations this budget wrote, from every pod that still carries them."""
     return [
-        ReleasePod(pod.name) for pod in sorted(pods, key=lambda p: p.name) if pod.budget_annotation == budget
+        ReleasePod(pod.name, pod.saved_deletion_cost)
+        for pod in sorted(pods, key=lambda p: p.name)
+        if pod.budget_annotation == budget
     ]
 
 

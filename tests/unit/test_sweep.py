@@ -444,6 +444,7 @@ class World:
         }
         self.held = {name: 700 for name in self.pods}  # the GPUs' default until an agent caps them
         self.status: Any = None
+        self.protects: list[rc.ProtectPod] = []
 
     def round(self, measuring: rc.MeasuredPod | None, check: bool = True) -> rc.Outcome:
         problem = problem_from_spec(self.spec)
@@ -470,6 +471,14 @@ class World:
                         self.pods[write.pod],
                         cap_annotation=format_power_limit(write.cap_watts),
                         budget_annotation="llm",
+                    )
+                elif isinstance(write, rc.ProtectPod):
+                    self.protects.append(write)
+                    changes = write.annotations()
+                    self.pods[write.pod] = replace(
+                        self.pods[write.pod],
+                        deletion_cost=changes[rc.DELETION_COST_ANNOTATION],
+                        saved_deletion_cost=changes[rc.SAVED_DELETION_COST_ANNOTATION],
                     )
                 elif isinstance(write, rc.WriteStatus):
                     self.status = write.status
@@ -527,6 +536,74 @@ def test_the_measured_pod_holds_its_level_the_others_the_plan_around_it_and_back
     world.settle(None)
     assert set(world.held.values()) == {normal}
     assert world.status.target("decode").measurement is None
+
+
+def test_the_measured_pod_is_the_last_its_replicaset_deletes_and_gets_its_own_deletion_cost_back() -> None:
+    world = World()
+    world.pods["decode-1"] = replace(world.pods["decode-1"], deletion_cost="5")
+    world.settle(None, check=False)
+    assert not world.protects  # nothing measured: no deletion cost is touched
+    world.settle(rc.MeasuredPod("decode-1", 300, "sweep"))
+    measured = world.pods["decode-1"]
+    assert (measured.deletion_cost, measured.saved_deletion_cost) == (rc.MEASURED_DELETION_COST, "5")
+    assert all(world.pods[n].deletion_cost is None for n in ("decode-0", "decode-2"))
+    assert len(world.protects) == 1  # written once, not every round
+    # The next level measures another pod: the first gets its own cost back, the second none saved.
+    world.settle(rc.MeasuredPod("decode-2", 300, "sweep"))
+    assert (world.pods["decode-1"].deletion_cost, world.pods["decode-1"].saved_deletion_cost) == ("5", None)
+    assert world.pods["decode-2"].deletion_cost == rc.MEASURED_DELETION_COST
+    assert world.pods["decode-2"].saved_deletion_cost == ""
+    world.settle(None)
+    assert all(
+        (pod.deletion_cost, pod.saved_deletion_cost) == (None if name != "decode-1" else "5", None)
+        for name, pod in world.pods.items()
+    )
+    assert len(world.protects) == 4
+
+
+def test_the_measured_pod_is_protected_before_the_workload_scales_down() -> None:
+    spec = parse_spec(SPEC_DOC)
+    problem = problem_from_spec(spec)
+    around = sweep.plan_around(problem, sweep.Reservation("decode", 300))
+    assert around is not None and around.target("decode").replicas == 3
+    pods = [
+        rc.PodState(name=f"decode-{i}", labels={"app": "decode"}, phase="Running", node_name="n")
+        for i in range(4)
+    ]
+    observed = rc.Observed(
+        BUDGET,
+        spec,
+        None,
+        {"decode": rc.WorkloadState(replicas=4, selector="app=decode")},  # one more than maxReplicas
+        pods,
+        node_max_watts={"n": 700},
+        measurements={"decode": rc.MeasuredPod("decode-3", 300, "sweep")},
+    )
+    outcome = rc.reconcile(observed, around, "2026-01-01T00:00:10Z")
+    flat = [(index, w) for index, step_ in enumerate(outcome.steps) for w in step_]
+    protect = next(index for index, w in flat if isinstance(w, rc.ProtectPod))
+    scale = next(index for index, w in flat if isinstance(w, rc.ScaleWorkload))
+    assert protect < scale
+    assert [w for _, w in flat if isinstance(w, rc.ProtectPod)] == [rc.ProtectPod("decode-3", True, "")]
+
+
+def test_releasing_a_measured_pod_gives_back_its_deletion_cost() -> None:
+    pod = rc.PodState(
+        name="decode-0",
+        budget_annotation="llm",
+        cap_annotation="300",
+        deletion_cost=rc.MEASURED_DELETION_COST,
+        saved_deletion_cost="-10",
+    )
+    (release,) = rc.release_writes("llm", [pod])
+    assert release.annotations() == {
+        "gpupower.dev/power-limit-watts": None,
+        "gpupower.dev/budget": None,
+        rc.DELETION_COST_ANNOTATION: "-10",
+        rc.SAVED_DELETION_COST_ANNOTATION: None,
+    }
+    plain = rc.release_writes("llm", [replace(pod, deletion_cost=None, saved_deletion_cost=None)])
+    assert rc.DELETION_COST_ANNOTATION not in plain[0].annotations()
 
 
 def test_the_measured_pods_own_annotation_never_takes_it_above_its_grant() -> None:

@@ -283,6 +283,14 @@ def run_doc(ns: str, name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+SAVED_DELETION_COST = "gpupower.dev/saved-pod-deletion-cost"
+
+
+def _annotations(cp: ControlPlane, ns: str, pod: str) -> dict[str, str]:
+    return dict(cp.get_json("pod", pod, "-n", ns)["metadata"].get("annotations") or {})
+
+
 def _run(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
     return cp.get_json("gpr", name, "-n", ns)
 
@@ -316,6 +324,13 @@ def test_deleting_a_run_puts_the_pod_back_on_the_plan_at_once(
         )
         pod = _run(cp, ns, "sweep")["status"]["pod"]
         assert held_caps(fleet, ns)[pod] == {400}
+        # Its ReplicaSet deletes it last on a scale-down (no deletion cost of its own to keep).
+        wait_for(
+            lambda: _annotations(cp, ns, pod).get(DELETION_COST) == str(2**31 - 1),
+            timeout=10,
+            what=f"pod {pod} with the highest deletion cost",
+        )
+        assert _annotations(cp, ns, pod)[SAVED_DELETION_COST] == ""
         assert get_budget(cp, ns, "llm")["status"]["targets"][0]["measurement"] == {
             "pod": pod,
             "capWatts": 400,
@@ -340,6 +355,11 @@ def test_deleting_a_run_puts_the_pod_back_on_the_plan_at_once(
         lambda: not cp.get_json("gpr", "-n", ns)["items"],
         timeout=10,
         what="the run gone (its finalizer removed)",
+    )
+    wait_for(
+        lambda: not {DELETION_COST, SAVED_DELETION_COST} & set(_annotations(cp, ns, pod)),
+        timeout=10,
+        what=f"pod {pod} without the deletion cost the run gave it",
     )
 
 
