@@ -30,7 +30,15 @@ from gpupower_api.contract import (
     held_watts_from_message,
     parse_held_report,
 )
-from tests.e2e.agentkit import annotate, cap_annotations, granting_budget, pod_manifest, wait_seconds
+from tests.e2e.agentkit import (
+    annotate,
+    cap_annotations,
+    delete_pods,
+    granting_budget,
+    install_agent_rbac,
+    pod_manifest,
+    wait_seconds,
+)
 from tests.e2e.fleetkit import SimulatedFleet, SimulatedNode
 from tests.envtest import ControlPlane, unique_name, wait_for
 
@@ -233,3 +241,57 @@ def test_a_node_in_a_domain_parks_idle_gpus_caps_unmanaged_ones_and_reports_what
             "--wait=false",
             check=False,
         )
+
+
+def test_an_agent_that_may_not_read_domains_runs_as_outside_any_and_parks_once_allowed(
+    rig: Rig, namespace: str
+) -> None:
+    """The shipped agent role without its domains binding (gpupower-agent-domains), on the real API
+    server: the agent says so once, is healthy, caps its budget's pods and parks nothing; once the
+    binding is back, its retries find the domain and the idle GPUs are parked."""
+    cp, node, agent = rig.control_plane, rig.node, rig.node.agent
+    name = unique_name("rack-domain")
+    cp.apply(domain(name, rig.rack))
+    binding = "clusterrolebinding/gpupower-agent-domains"
+    try:
+        wait_for(lambda: set(agent.limits().values()) == {IDLE_WATTS}, timeout=20, what="GPUs parked")
+        cp.kubectl("delete", binding)
+        assert agent.stop() == 0  # a restart, so that no watch opened under the binding lives on
+        agent.start()
+        budget = granting_budget(cp, namespace, GRANT_WATTS, SAFE_DEFAULT_WATTS)
+        cp.apply(
+            pod_manifest(
+                "decode-0", namespace, node.name, {"app": "decode"}, cap_annotations(budget, CAP_WATTS)
+            )
+        )
+        wait_for(lambda: gpus_of(node, namespace, "decode-0"), timeout=10, what="decode-0's GPU")
+        (decode_gpu,) = gpus_of(node, namespace, "decode-0")
+        wait_for(
+            lambda: agent.limits().get(decode_gpu) == CAP_WATTS,
+            timeout=10,
+            what=f"decode-0 capped at {CAP_WATTS} W without domains\n{agent.log()[-3000:]}",
+        )
+        wait_seconds(3.0)  # a few of the refused list's retries
+        others = {uuid: watts for uuid, watts in agent.limits().items() if uuid != decode_gpu}
+        assert set(others.values()) == {DEFAULT_WATTS}, "a GPU was parked by a domain the agent may not read"
+        refused = [
+            line
+            for line in agent.log().splitlines()
+            if "event=resource_unavailable" in line and "gpupowerdomains" in line
+        ]
+        assert len(refused) == 1 and "status=403" in refused[0], refused
+        assert agent.healthz_status() == 200
+        assert agent.metric_value("gpupower_agent_domain_info", domain=name) is None
+        assert held_on_node(cp, node.name) is None  # nothing to report outside a domain
+
+        install_agent_rbac(cp)  # the binding is back: the retries (at most a minute apart) find the domain
+        wait_for(
+            lambda: all(agent.limits().get(uuid) == IDLE_WATTS for uuid in others),
+            timeout=90,
+            what=f"the idle GPUs parked once the agent may read domains\n{agent.log()[-3000:]}",
+        )
+        assert agent.limits()[decode_gpu] == CAP_WATTS
+    finally:
+        install_agent_rbac(cp)
+        cp.kubectl("delete", "gpupowerdomain", name, "--wait=false", check=False)
+        delete_pods(cp, namespace)
