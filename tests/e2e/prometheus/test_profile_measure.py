@@ -23,6 +23,7 @@ import yaml
 
 from gpupower_api.models import parse_spec
 from gpupower_operator.planner import ProfilePoint, plan, problem_from_spec, throughput_at
+from tests.e2e.agentkit import wait_seconds
 from tests.e2e.budgetkit import expected_plan, get_budget, live_pods, wait_ready
 from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import OperatorProcess, clean_namespace, running_operator
@@ -390,3 +391,56 @@ def test_a_sweep_never_runs_on_an_advisory_budget(
     assert status["levels"] == [], "no level was started"
     budget_status = get_budget(cp, ns, "llm").get("status") or {}
     assert all("measurement" not in t for t in budget_status.get("targets") or [])
+
+
+def test_a_scale_down_during_a_run_keeps_the_measured_pod(
+    crd_installed: ControlPlane,
+    fleet: SimulatedFleet,
+    operator: OperatorProcess,
+    prometheus_stack: PrometheusStack,
+    ns: str,
+) -> None:
+    """The real ReplicaSet controller scales the target down while its newest pod is measured. Left to
+    itself it deletes the pod ready for the shortest time first; the deletion cost the operator gives the
+    measured pod makes it delete another, and the run goes on."""
+    cp = crd_installed
+    doc = budget_doc(ns)
+    target = doc["spec"]["targets"][0]
+    target["minReplicas"] = target["maxReplicas"] = 2
+    cp.apply(gpu_deployment("decode", ns, 2, node_selector=fleet.node_selector))
+    cp.apply(doc)
+    wait_ready(cp, ns, "llm", timeout=60)
+    older = wait_for(lambda: _running_pods(cp, ns, 2), timeout=30, what="2 decode pods Running")
+    wait_seconds(8.0)  # so that the third pod is ready for a much shorter time than the first two
+    target["minReplicas"] = target["maxReplicas"] = 3
+    cp.apply(doc)
+    pods = wait_for(lambda: _running_pods(cp, ns, 3), timeout=30, what="3 decode pods Running")
+    (newest,) = set(pods) - set(older)
+    cp.apply(run_doc(ns, "sweep", pod=newest, capsWatts=[300], settleSeconds=0, holdSeconds=600))
+    level = _level(cp, ns, "sweep")
+    wait_for(lambda: (level() or {}).get("phase") == "Holding", timeout=30, what="the 300 W level holding")
+    assert _run(cp, ns, "sweep")["status"]["pod"] == newest
+    wait_for(
+        lambda: _annotations(cp, ns, newest).get(DELETION_COST) == str(2**31 - 1),
+        timeout=10,
+        what=f"pod {newest} with the highest deletion cost",
+    )
+
+    # The plan needs one replica fewer: the operator scales the Deployment, its ReplicaSet picks the pod.
+    target["minReplicas"] = 1
+    target["maxReplicas"] = 2
+    cp.apply(doc)
+    wait_for(lambda: len(live_pods(cp, ns, "decode")) == 2, timeout=30, what="the Deployment scaled to 2")
+    assert newest in {p["metadata"]["name"] for p in live_pods(cp, ns, "decode")}
+    wait_seconds(2.0)
+    run = _run(cp, ns, "sweep")
+    assert run["status"]["phase"] == "Running", run["status"]
+    assert (level() or {}).get("phase") == "Holding"
+    assert held_caps(fleet, ns)[newest] == {300}
+
+
+def _running_pods(cp: ControlPlane, ns: str, count: int) -> list[str] | None:
+    pods = live_pods(cp, ns, "decode")
+    if len(pods) == count and all(p["status"].get("phase") == "Running" for p in pods):
+        return [p["metadata"]["name"] for p in pods]
+    return None
