@@ -31,6 +31,7 @@ from gpupower_agent.mapping import Assignments, GpuMapping, MappingError, resolv
 from gpupower_agent.metrics import AgentMetrics
 from gpupower_agent.nvml import Gpu, NvmlError, PowerControl
 from gpupower_agent.policy import (
+    NO_OTHERS,
     Action,
     GpuDecision,
     GpuSnapshot,
@@ -295,13 +296,12 @@ class Agent:
         in_domain = place is not None and place.in_domain
         others = self._other_holders(assignments, pods, on_gpu, caps) if in_domain else {}
         base = plan_node(snapshots, caps, on_gpu, self.managed, place=place, others=others)
-        current = {snapshot.uuid: snapshot.current_limit_watts for snapshot in snapshots}
+        limits = {snapshot.uuid: snapshot.current_limit_watts for snapshot in snapshots}
         limits_held = self._guard(base, {b.key: b for b in budgets}, guard_reading)
         plan = NodePlan(
-            tuple(guarded(d, limits_held.get(d.uuid), current[d.uuid]) for d in base.decisions), base.pod_caps
+            tuple(guarded(d, limits_held.get(d.uuid), limits[d.uuid]) for d in base.decisions), base.pod_caps
         )
         self._report(plan)
-        limits = {s.uuid: s.current_limit_watts for s in snapshots}
         for decision in plan.decisions:
             limits[decision.uuid] = self._apply(decision, limits[decision.uuid])
         self._export(limits, on_gpu)
@@ -321,7 +321,7 @@ class Agent:
             self._holders = {
                 uuid: gpu_holder(
                     (plan.pod_caps[key] for key in on_gpu.get(uuid, ()) if key in plan.pod_caps),
-                    others.get(uuid, OtherHolders()),
+                    others.get(uuid, NO_OTHERS),
                 )
                 for uuid in self._gpus
             }

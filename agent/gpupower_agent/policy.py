@@ -237,16 +237,14 @@ def plan_node(
     pod_caps: Mapping[PodKey, PodCap],
     assignments: Mapping[str, Collection[PodKey]],
     capped_before: Collection[str],
-    guard_limits: Mapping[str, int] | None = None,
     place: NodePlace | None = None,
     others: Mapping[str, OtherHolders] | None = None,
 ) -> NodePlan:
-    """Decisions for every GPU of the node, from the managed pods' caps (see ``trust.pod_caps``), under
-    the draw guard's limits where it holds a GPU lower (``guard_limits``, by GPU UUID).
+    """Decisions for every GPU of the node, from the managed pods' caps (see ``trust.pod_caps``); the
+    draw guard's limits are applied on top of them with :func:`guarded`.
 
     In a power domain (``place``), ``others`` says who else holds each GPU (by GPU UUID).
     """
-    guard_limits = guard_limits or {}
     others = others or {}
     in_domain = place is not None and place.in_domain
 
@@ -261,7 +259,4 @@ def plan_node(
             )
         return decide_gpu(gpu.uuid, caps, gpu.constraints, gpu.current_limit_watts, capped)
 
-    decisions = tuple(
-        guarded(decide(gpu), guard_limits.get(gpu.uuid), gpu.current_limit_watts) for gpu in gpus
-    )
-    return NodePlan(decisions=decisions, pod_caps=pod_caps)
+    return NodePlan(decisions=tuple(decide(gpu) for gpu in gpus), pod_caps=pod_caps)
