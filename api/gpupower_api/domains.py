@@ -16,13 +16,13 @@ from enum import StrEnum
 from typing import Any, ClassVar, Self
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
 
 from gpupower_api.models import (
     DNS_SUBDOMAIN,
     ApiModel,
     ApiObject,
     Condition,
+    StatusModel,
     cel,
     describe_validation_error,
     parse_object,
@@ -184,10 +184,6 @@ class DomainSpec(ApiModel):
 
 # ---------------------------------------------------------------------------
 # Status
-
-
-class StatusModel(ApiModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
 class CommittedWatts(StatusModel):

@@ -57,6 +57,13 @@ class ApiModel(BaseModel):
     )
 
 
+class StatusModel(ApiModel):
+    """Base for what the operator writes to a status: unknown fields are ignored, so that a status
+    written by a newer operator still reads."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
 class Mode(StrEnum):
     ENFORCE = "Enforce"
     ADVISORY = "Advisory"
@@ -715,10 +722,8 @@ class Condition(ApiModel):
     )
 
 
-class RaisedPoint(ApiModel):
+class RaisedPoint(StatusModel):
     """A measured point below one at a lower cap, and the throughput the plan uses instead."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
     index: int = Field(description="Index of the point in profile.points.")
     watts: float = Field(description="The point's cap in watts.")
@@ -728,21 +733,17 @@ class RaisedPoint(ApiModel):
     )
 
 
-class TargetMeasurement(ApiModel):
+class TargetMeasurement(StatusModel):
     """A cap granted to one pod of the target while a GpuPowerProfileRun measures it (the agent honours
     it for that pod only)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
     pod: str = Field(description="The pod being measured.")
     cap_watts: int = Field(description="Per-GPU cap granted to that pod alone, in watts.")
     run: str = Field(description="The GpuPowerProfileRun measuring it.")
 
 
-class TargetStatus(ApiModel):
+class TargetStatus(StatusModel):
     """The plan for one target and what was observed of it."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
     name: str = Field(description="The target's name in the spec.")
     selector: str | None = Field(default=None, description="Label selector of the workload's pods.")
@@ -838,10 +839,8 @@ class TargetStatus(ApiModel):
     )
 
 
-class BudgetDomainStatus(ApiModel):
+class BudgetDomainStatus(StatusModel):
     """The budget's share of its domain: what the allocation gave it and why."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
     name: str = Field(description="The domain the budget draws from (spec.domainRef.name).")
     priority: int = Field(description="The budget's priority in the allocation (spec.priority).")
@@ -858,10 +857,8 @@ class BudgetDomainStatus(ApiModel):
     message: str | None = Field(default=None, description="One line saying why, for people.")
 
 
-class BudgetStatus(ApiModel):
+class BudgetStatus(StatusModel):
     """Observed state: the plan, its totals and the conditions."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
     observed_generation: int | None = Field(default=None, description="The generation this status plans.")
     conditions: list[Condition] = Field(default_factory=list, description="Standard Kubernetes conditions.")

@@ -10,19 +10,18 @@ is generated from these models (``make crds``).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from gpupower_api.contract import MAX_CAP_WATTS
 from gpupower_api.models import (
-    API_VERSION,
     DNS_LABEL,
     ApiModel,
     Condition,
     InvalidSpecError,
     Profile,
+    StatusModel,
     cel,
     describe_validation_error,
 )
@@ -135,11 +134,7 @@ class LevelPhase(StrEnum):
         return self not in (LevelPhase.PENDING, LevelPhase.GRANTING, LevelPhase.SETTLING, LevelPhase.HOLDING)
 
 
-class _StatusModel(ApiModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
-
-
-class LevelStatus(_StatusModel):
+class LevelStatus(StatusModel):
     """One cap of the sweep: where it is, and what was read there."""
 
     cap_watts: int = Field(description="The per-GPU cap of this level, in watts.")
@@ -168,7 +163,7 @@ class LevelStatus(_StatusModel):
     message: str | None = Field(default=None, description="Why the level ended as it did, for people.")
 
 
-class RunStatus(_StatusModel):
+class RunStatus(StatusModel):
     """Observed state of a run: its phase, each level, and the measured profile."""
 
     observed_generation: int | None = Field(default=None, description="The generation this status is for.")
@@ -188,24 +183,6 @@ class RunStatus(_StatusModel):
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
-
-
-class ProfileRun(ApiModel):
-    """A whole GpuPowerProfileRun object as read from the API."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
-
-    api_version: str
-    kind: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    spec: RunSpec
-    status: RunStatus | None = None
-
-    @model_validator(mode="after")
-    def _kind(self) -> Self:
-        if self.api_version != API_VERSION or self.kind != RUN_KIND:
-            raise ValueError(f"must be {API_VERSION} {RUN_KIND}, got {self.api_version} {self.kind}")
-        return self
 
 
 def parse_run_spec(raw: dict[str, Any], prefix: str = "spec") -> RunSpec:
@@ -236,7 +213,6 @@ __all__ = [
     "InvalidSpecError",
     "LevelPhase",
     "LevelStatus",
-    "ProfileRun",
     "RunPhase",
     "RunSpec",
     "RunStatus",
