@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
-from gpupower_operator.planner import Level, Problem, ServedCurve, budget_milliwatts
+from gpupower_operator.planner import Level, Problem, ServedCurve, budget_milliwatts, percent_text
 
 
 class Limit(StrEnum):
@@ -537,11 +537,6 @@ def _watts_text(milliwatts: int) -> str:
     return f"{watts:,.0f}" if abs(watts) >= 10 or watts.is_integer() else f"{watts:,.1f}"
 
 
-def _percent_text(fraction: float) -> str:
-    # Rounded down, so that "100%" is only ever said of demand fully served.
-    return f"{math.floor(fraction * 100 + 1e-9) if fraction < 1 else 100}%"
-
-
 def allocate(
     domains: Sequence[DomainInput],
     budgets: Sequence[BudgetInput],
@@ -703,7 +698,7 @@ def _budget_result(
 ) -> BudgetAllocation:
     level = b.level
     serving = (
-        f"serving {_percent_text(level.served_fraction)} of demand with {_watts_text(level.milliwatts)} W"
+        f"serving {percent_text(level.served_fraction)} of demand with {_watts_text(level.milliwatts)} W"
     )
     bound = None if b.bound_by is None else domains[b.bound_by].name
     if b.bound_by is not None and not feasible[b.bound_by]:

@@ -306,10 +306,10 @@ class DomainRuntime:
         if changed:
             self.wake_budgets(changed)
         for name, report in decision.domains.items():
-            await self._write_status(name, report, decision)
+            await self._write_status(name, report)
         return decision
 
-    async def _write_status(self, name: str, report: ds.DomainReport, decision: ds.Decision) -> None:
+    async def _write_status(self, name: str, report: ds.DomainReport) -> None:
         old = self._written.get(name) or self.domain_statuses.get(name)
         status = domain_status(report, old, self.planned_watts, self.clock())
         facts = self.domains.get(name)
@@ -350,12 +350,12 @@ def domain_status(
         counted |= {
             "nodes": report.nodes,
             "gpus": report.gpus,
-            "held_watts": _watts(report.held_milliwatts),
-            "committed_watts": _watts(report.committed_milliwatts),
+            "held_watts": ds.watts(report.held_milliwatts),
+            "committed_watts": ds.watts(report.committed_milliwatts),
             "committed": {
-                "idle_watts": _watts(report.idle_milliwatts),
-                "unmanaged_watts": _watts(report.unmanaged_milliwatts),
-                "other_domains_watts": _watts(report.other_milliwatts),
+                "idle_watts": ds.watts(report.idle_milliwatts),
+                "unmanaged_watts": ds.watts(report.unmanaged_milliwatts),
+                "other_domains_watts": ds.watts(report.other_milliwatts),
             },
         }
     result = report.allocation
@@ -372,7 +372,7 @@ def domain_status(
                 "namespace": budget.namespace,
                 "name": budget.name,
                 "priority": budget.priority,
-                "allocated_watts": _watts(budget.milliwatts),
+                "allocated_watts": ds.watts(budget.milliwatts),
                 "planned_watts": planned,
                 "limited_by": str(budget.limited_by),
             }
@@ -380,19 +380,15 @@ def domain_status(
     return DomainStatus.model_validate(
         {
             **counted,
-            "floor_watts": _watts(result.floor_milliwatts),
-            "allocated_watts": _watts(result.allocated_milliwatts),
+            "floor_watts": ds.watts(result.floor_milliwatts),
+            "allocated_watts": ds.watts(result.allocated_milliwatts),
             "planned_watts": round(planned_total, 1),
-            "headroom_watts": _watts(result.headroom_milliwatts),
+            "headroom_watts": ds.watts(result.headroom_milliwatts),
             "budgets": len(result.budgets),
             "allocations": allocations,
             "reason": result.reason,
         }
     )
-
-
-def _watts(milliwatts: int) -> float:
-    return round(milliwatts / 1000, 1)
 
 
 def budget_context(share: ds.BudgetShare, spec: BudgetSpec) -> DomainContext:
@@ -402,7 +398,7 @@ def budget_context(share: ds.BudgetShare, spec: BudgetSpec) -> DomainContext:
     status = BudgetDomainStatus(
         name=spec.domain_ref.name,
         priority=spec.priority,
-        allocated_watts=_watts(allocation.milliwatts) if allocation is not None else None,
+        allocated_watts=ds.watts(allocation.milliwatts) if allocation is not None else None,
         limited_by=str(allocation.limited_by) if allocation is not None else None,
         bound_by=allocation.bound_by if allocation is not None else None,
         message=share.message or share.admitted.message,

@@ -82,7 +82,8 @@ def _named(names: Sequence[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
-def _watts(milliwatts: int) -> float:
+def watts(milliwatts: int) -> float:
+    """Milliwatts as watts to one decimal, as statuses and messages give them."""
     return round(milliwatts / 1000, 1)
 
 
@@ -288,7 +289,7 @@ def decide(
                     DOMAIN_ADMITTED,
                     REASON_DOMAIN_FROZEN,
                     f"domain {budget.domain} draws from a tree with GPU nodes not reported yet "
-                    f"({_named(sorted({n for d in chains[budget.domain] for n in unreported.get(d, [])}))}): "
+                    f"({_named(sorted(set(unreported[chains[budget.domain][-1]])))}): "
                     "the last allocation stays in force",
                 ),
                 None,
@@ -360,7 +361,7 @@ def decide(
         message = share.reason
         if grant.waiting:
             message = (
-                f"{message}; planning within {_watts(grant.milliwatts):,g} W until the GPUs of other "
+                f"{message}; planning within {watts(grant.milliwatts):,g} W until the GPUs of other "
                 f"budgets under domain {grant.bound_by} hold less (their lowered caps confirmed)"
             )
         shares[share.key] = BudgetShare(
@@ -484,7 +485,7 @@ def _report(
             cond.true(
                 api.OVERCOMMITTED,
                 REASON_HELD_OVER_LIMIT,
-                f"the GPUs on its nodes hold {_watts(held):,g} W, over the limit of {_watts(limit):,g} W",
+                f"the GPUs on its nodes hold {watts(held):,g} W, over the limit of {watts(limit):,g} W",
             )
         )
     else:
@@ -492,7 +493,7 @@ def _report(
             cond.false(
                 api.OVERCOMMITTED,
                 REASON_WITHIN_LIMIT,
-                f"the GPUs on its nodes hold {_watts(held):,g} W of {_watts(limit):,g} W",
+                f"the GPUs on its nodes hold {watts(held):,g} W of {watts(limit):,g} W",
             )
         )
     base = DomainReport(
@@ -508,7 +509,7 @@ def _report(
         other_milliwatts=other,
     )
     if name in frozen:
-        named = sorted({n for d in good if chains[d][-1] == chains[name][-1] for n in unreported[d]})
+        named = sorted(set(unreported[chains[name][-1]]))  # a root's nodes are its whole tree's
         updates.insert(
             0,
             cond.false(

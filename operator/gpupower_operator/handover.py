@@ -92,7 +92,7 @@ def grants(domains: Sequence[DomainRoom], budgets: Sequence[BudgetHold]) -> dict
     rising.sort(key=lambda b: (-b.priority, b.allocated_milliwatts - b.hold_milliwatts, b.key))
     for budget in rising:
         want = budget.allocated_milliwatts - budget.hold_milliwatts
-        tightest = min(budget.chain, key=lambda name: (room[name], budget.chain.index(name)))
+        tightest = min(budget.chain, key=room.__getitem__)  # the nearest of the tightest
         extra = max(0, min(want, room[tightest]))
         for name in budget.chain:
             room[name] -= extra

@@ -520,7 +520,7 @@ def _watts_text(watts: float) -> str:
     return f"{watts:,.0f}"
 
 
-def _percent_text(fraction: float) -> str:
+def percent_text(fraction: float) -> str:
     # Round down so that "100%" is only ever said of demand fully served.
     return f"{math.floor(fraction * 100 + 1e-9) if fraction < 1 else 100}%"
 
@@ -580,12 +580,12 @@ def _assemble(
             reason = f"all demand served with {_watts_text(watts)} of {_watts_text(budget)} W"
     elif binding:
         reason = (
-            f"budget binds: serving {_percent_text(served)} of demand with "
+            f"budget binds: serving {percent_text(served)} of demand with "
             f"{_watts_text(watts)} of {_watts_text(budget)} W"
         )
     else:
         reason = (
-            f"maxReplicas binds: serving {_percent_text(served)} of demand with "
+            f"maxReplicas binds: serving {percent_text(served)} of demand with "
             f"{_watts_text(watts)} of {_watts_text(budget)} W"
         )
     return Plan(
@@ -793,11 +793,7 @@ def _cheapest_by_caps(
         replicas = _fewest_replicas(rate, demand, threshold, lowest, highest)
         if replicas is None:
             continue
-        power = (
-            replicas * cap
-            if ordered
-            else _milliwatts(replicas * target.gpus_per_replica * cap, target.power_factor)
-        )
+        power = _pair_power(target, replicas, cap, ordered)
         if best_power < 0 or (power, replicas, cap) < (best_power, best_replicas, best_cap):
             best_power, best_replicas, best_cap, best_k = power, replicas, cap, k
     return None if best_power < 0 else (best_replicas, best_k)
@@ -831,14 +827,27 @@ def _cheapest_by_replicas(
         while replicas * rates[k] / demand < threshold:
             k += 1
         cap = caps[k]
-        power = (
-            replicas * cap
-            if ordered
-            else _milliwatts(replicas * target.gpus_per_replica * cap, target.power_factor)
-        )
+        power = _pair_power(target, replicas, cap, ordered)
         if best is None or (power, replicas, cap) < best[:3]:
             best = (power, replicas, cap, k)
     return None if best is None else (best[1], best[3])
+
+
+def _pair_power(target: TargetProblem, replicas: int, cap: int, ordered: bool) -> int:
+    """What the scans compare pairs by: replicas x cap where that orders power, else the milliwatts."""
+    return (
+        replicas * cap
+        if ordered
+        else _milliwatts(replicas * target.gpus_per_replica * cap, target.power_factor)
+    )
+
+
+def _reach(targets: Sequence[TargetProblem], tables: Sequence[_CapTable]) -> float:
+    """The most any plan serves: every target at max replicas and its best cap."""
+    return min(
+        served_fraction(t.max_replicas * table.rates[-1], t.demand)
+        for t, table in zip(targets, tables, strict=True)
+    )
 
 
 def _power_follows_replica_watts(target: TargetProblem, top_cap_watts: int) -> bool:
@@ -908,11 +917,7 @@ def _best_picks(
 
     low = min(p.served for p in picks)
     low_cost: float = aim_cost(picks)
-    # Nothing serves more than every target at max replicas and its best cap.
-    reach = min(
-        served_fraction(t.max_replicas * table.rates[-1], t.demand)
-        for t, table in zip(targets, tables, strict=True)
-    )
+    reach = _reach(targets, tables)
     high = math.nextafter(reach, math.inf)
     high_cost = math.inf  # not measured: aim with the slope below instead
     # Power per unit of served fraction at the most efficient caps, for the first aim.
@@ -1024,11 +1029,7 @@ class ServedCurve:
         self.floor = self._level(
             tuple(_floor_pick(t, table) for t, table in zip(self._targets, self._tables, strict=True))
         )
-        # Nothing serves more than every target at max replicas and its best cap.
-        self.reach = min(
-            served_fraction(t.max_replicas * table.rates[-1], t.demand)
-            for t, table in zip(self._targets, self._tables, strict=True)
-        )
+        self.reach = _reach(self._targets, self._tables)
 
     def _level(self, picks: tuple[_Pick, ...]) -> Level:
         return Level(
