@@ -34,7 +34,6 @@ from gpupower_api.contract import (
     BUDGET_ANNOTATION,
     POWER_CAPPED_CONDITION,
     POWER_LIMIT_ANNOTATION,
-    PowerCappedReason,
     held_watts_from_message,
 )
 from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetSpec, BudgetStatus, InvalidSpecError, parse_spec
@@ -49,7 +48,6 @@ from gpupower_operator.planner import Plan, Problem, budget_milliwatts, floor_wa
 from gpupower_operator.signals import SignalSource
 
 log = logging.getLogger("gpupower_operator")
-GUARDED = PowerCappedReason.GUARDED.value
 
 BACKOFF_MIN_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 30.0
@@ -98,10 +96,7 @@ def pod_state(body: Mapping[str, Any]) -> rc.PodState:
 def _newly_guarded(before: rc.PodState | None, after: rc.PodState) -> bool:
     """Whether the pod's agent just reported the draw guard holding its GPUs (an engagement)."""
 
-    def guarded(pod: rc.PodState | None) -> bool:
-        return pod is not None and pod.power_capped is not None and pod.power_capped.reason == GUARDED
-
-    return guarded(after) and not guarded(before)
+    return after.guarded and not (before is not None and before.guarded)
 
 
 def _status_of(body: Mapping[str, Any]) -> BudgetStatus | None:

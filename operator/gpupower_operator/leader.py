@@ -102,7 +102,6 @@ class LeaderElector:
         self._leases = client.CoordinationV1Api(api)
         self._clock = clock
         self._seen: tuple[LeaseRecord | None, float] | None = None
-        self._record: LeaseRecord | None = None
         self.leading = False
 
     @property
@@ -165,14 +164,14 @@ class LeaderElector:
             if error.status in (409, 422):  # someone else's write came first (or created it meanwhile)
                 return False
             raise
-        self._record = _record(written)
-        self._seen = (self._record, self._clock())
+        self._seen = (_record(written), self._clock())
         return True
 
     async def try_once(self) -> bool:
         """One read (and maybe one write): True when this replica holds the Lease afterwards."""
         record = await self._read()
-        action = decide(record, self.identity, self._unchanged_seconds(record), self.config.lease_seconds)
+        unchanged = self._unchanged_seconds(record)
+        action = decide(record, self.identity, unchanged, self.config.lease_seconds)
         if action is Action.WAIT:
             return False
         if action is Action.TAKE and record is not None and record.holder:
@@ -181,7 +180,7 @@ class LeaderElector:
                 self.config.namespace,
                 self.config.lease_name,
                 record.holder,
-                self._unchanged_seconds(record),
+                unchanged,
             )
         return await self._write(record, self.identity)
 

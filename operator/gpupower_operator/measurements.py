@@ -42,6 +42,7 @@ from gpupower_api.profilerun import RUN_PLURAL, RunPhase, RunSpec, RunStatus, pa
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
 from gpupower_operator import reconcile as rc
 from gpupower_operator import sweep
+from gpupower_operator.kube import MERGE_PATCH
 from gpupower_operator.prometheus import MetricsReader, NoSignal, PrometheusError, single_value
 from gpupower_operator.signals import SecretError
 
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpupower_operator")
 
 BudgetKey = tuple[str, str]
-MERGE_PATCH = "application/merge-patch+json"
 MIN_TICK_SECONDS = 0.2
 MAX_TICK_SECONDS = 2.0
 

@@ -108,6 +108,11 @@ class PodState:
     saved_deletion_cost: str | None = None  # what it was before a profile run measured the pod
 
     @property
+    def guarded(self) -> bool:
+        """Whether its agent reports the draw guard holding its GPUs below their caps."""
+        return self.power_capped is not None and self.power_capped.reason == PowerCappedReason.GUARDED
+
+    @property
     def active(self) -> bool:
         return not self.deleting and self.phase not in ("Succeeded", "Failed")
 
@@ -625,16 +630,10 @@ def _round(value: float, digits: int = 4) -> float:
     return round(float(value), digits)
 
 
-def _guard_fields(
-    spec: BudgetSpec, name: str, pods: Sequence[PodState], memory: GuardMemory
-) -> dict[str, Any]:
+def _guard_fields(spec: BudgetSpec, pods: Sequence[PodState], memory: GuardMemory) -> dict[str, Any]:
     if spec.oversubscription is None:
         return {}
-    guarded = sum(
-        1
-        for pod in pods
-        if pod.power_capped is not None and pod.power_capped.reason == PowerCappedReason.GUARDED
-    )
+    guarded = sum(1 for pod in pods if pod.guarded)
     return {
         "guard_engagements": memory.engagements,
         "guarded_pods": guarded,
@@ -683,7 +682,7 @@ def _target_statuses(
                 if spec.oversubscription is not None
                 else None,
                 gpu_share_watts=_guard_share(spec, plan, planned.cap_watts, planned.gpu_draw_watts),
-                **_guard_fields(spec, target.name, found.pods, guard_memory.get(target.name, GuardMemory())),
+                **_guard_fields(spec, found.pods, guard_memory.get(target.name, GuardMemory())),
             )
         )
     return statuses

@@ -580,8 +580,7 @@ def advance(spec: RunSpec, status: RunStatus, generation: int | None, now: float
                     level, now, LevelPhase.NO_DATA, f"Prometheus could not be read: {seen.reading.error}"
                 )
             else:
-                level = _judge(level, seen.reading, now, unit)
-                seen = replace(seen, reading=None)
+                level = _judge(level, seen.reading, now, unit)  # always a done phase: cleared below
         levels[index] = level
         if level.phase.done:
             events.append(_level_event(level, unit))
