@@ -87,6 +87,12 @@ def start_node_agent(
     )
 
 
+def percentile(values: list[float], fraction: float) -> float:
+    """The value at ``fraction`` of the sorted values (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
 def populate_node(
     cp: ControlPlane,
     server: FakePodResourcesServer,

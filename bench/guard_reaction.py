@@ -30,11 +30,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent_benchkit import BUDGET, NAMESPACE, SELECTOR, control_plane_with_crd, start_node_agent
+from agent_benchkit import (
+    BUDGET,
+    NAMESPACE,
+    SELECTOR,
+    control_plane_with_crd,
+    percentile,
+    populate_node,
+    start_node_agent,
+)
 
-from gpupower_agent.cluster import PodKey
 from gpupower_agent.podresources import FakePodResourcesServer
-from tests.e2e.agentkit import AgentProcess, budget_manifest, cap_annotations, grant_status, pod_manifest
+from tests.e2e.agentkit import AgentProcess, budget_manifest, grant_status
 
 TARGET_SECONDS = 3.0
 CAP_WATTS = 600
@@ -89,14 +96,7 @@ def main() -> int:
             agent = start_node_agent(cp, Path(tmp) / node, node, ["--resync-seconds", "30", *extra])
             server = FakePodResourcesServer(agent.socket_path).start()
             servers.append(server)
-            docs = []
-            for index in range(GPUS):
-                name = f"{node}-pod-{index}"
-                server.allocate(PodKey(NAMESPACE, name), [agent.uuid(index)])
-                docs.append(
-                    pod_manifest(name, NAMESPACE, node, {"app": "llm"}, cap_annotations(BUDGET, CAP_WATTS))
-                )
-            cp.apply(docs)
+            populate_node(cp, server, agent, pods=GPUS, gpu_pods=GPUS, cap_watts=CAP_WATTS)
             agent.set_loads(dict.fromkeys(range(GPUS), 100.0))
             agents[mode] = agent.start()
         try:
@@ -134,7 +134,7 @@ def main() -> int:
                 server.stop()
 
     reactions.sort()
-    p99 = reactions[min(len(reactions) - 1, round(0.99 * (len(reactions) - 1)))]
+    p99 = percentile(reactions, 0.99)
     print(f"draw guard: surge on every GPU of a node -> the node within its share ({args.surges} surges)")
     print(f"  node: {GPUS} fake H100s, cap {CAP_WATTS} W, share {SHARE_WATTS:g} W each ({share:,.0f} W)")
     print(

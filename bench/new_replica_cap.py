@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent_benchkit import BUDGET, NAMESPACE, budget_with_grant, control_plane_with_crd
+from agent_benchkit import BUDGET, NAMESPACE, budget_with_grant, control_plane_with_crd, percentile
 
 from demo.nodesim import NodeSimulator, running_simulators
 from gpupower_agent.cluster import PodKey
@@ -40,11 +40,6 @@ from tests.envtest import ControlPlane
 
 TARGET_SECONDS = 0.5
 CAP_WATTS = 250
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def measure_one(

@@ -104,7 +104,7 @@ def main() -> int:
         running_control_plane(Path(tmp) / "control-plane") as cp,
     ):
         cp.kubectl("apply", "-f", str(ROOT / "crds"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/gpupowerbudgets.gpupower.dev", "--timeout=30s")
+        cp.wait_established("gpupowerbudgets.gpupower.dev")
         install(cp)
         cp.kubectl("create", "namespace", NAMESPACE)
         cp.apply(gpu_deployment("decode", NAMESPACE, 2))
@@ -135,11 +135,11 @@ def main() -> int:
                 watts += 10
                 set_budget_watts(cp, NAMESPACE, BUDGET, watts)
                 planned = wait_planned(cp, NAMESPACE, BUDGET, watts, timeout=60, interval=0.02)
-                failovers.append(planned - killed)
+                took = planned - killed
+                failovers.append(took)
                 runs[-1] = (runs[-1][0], runs[-1][1], killed)
                 successor = leader_of(replicas)
                 runs.append((successor.identity, killed, None))
-                took = planned - killed
                 print(
                     f"kill {kill + 1:>2}: {leader.identity} killed, "
                     f"{successor.identity} planned the change {took:5.2f}s later",

@@ -421,9 +421,8 @@ def run_demo(lower_to_watts: int, timeout_seconds: float) -> DemoResult:
         budget_doc = yaml.safe_load((DEMO / "budget.yaml").read_text())
         say(cp.kubectl("apply", "-f", str(DEMO / "budget.yaml")).stdout.strip())
         took = wait_converged(cp, fleet, timeout_seconds)
-        first_caps = [
-            {"role": t["name"], "capWatts": t["capWatts"]} for t in budget_status(cp)["status"]["targets"]
-        ]
+        # What each role's pods are capped at under the first budget (a raise back to it plans the same).
+        caps = {t["name"]: t["capWatts"] for t in budget_status(cp)["status"]["targets"]}
         say(f"converged in {took:.1f}s\n\n$ kubectl get gpb -n {NAMESPACE}")
         say(cp.kubectl("get", "gpb", "-n", NAMESPACE).stdout.rstrip())
         say()
@@ -457,7 +456,6 @@ def run_demo(lower_to_watts: int, timeout_seconds: float) -> DemoResult:
         # Back up: new replicas. Their pods carry readinessGates on gpupower.dev/PowerCapped
         # (demo/workloads.yaml), so no traffic reaches one before its GPUs hold its cap.
         raised_to = int(budget_doc["spec"]["totalWatts"])
-        caps = {t["role"]: t["capWatts"] for t in first_caps}
         known = {pod.name for node in fleet.nodes for pod in node.simulator.steps()}
         patch = json.dumps({"spec": {"totalWatts": raised_to}})
         with Sampler(fleet) as raised, CapWatcher(fleet, caps, known) as watcher:

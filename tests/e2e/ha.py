@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.operator_harness import ApiProxy, OperatorProcess, Recorded, proxied_kubeconfig, upstream_of
-from tests.envtest import REPO, ControlPlane
+from tests.e2e.operator_harness import (
+    ApiProxy,
+    OperatorProcess,
+    Recorded,
+    install_operator_rbac,
+    proxied_kubeconfig,
+    upstream_of,
+)
+from tests.envtest import ControlPlane, wait_for
 
 SYSTEM_NAMESPACE = "gpupower-system"
 ACCOUNT = "gpupower-operator"
@@ -24,8 +31,7 @@ LEASE_PATH = "/apis/coordination.k8s.io/"
 
 def install(control_plane: ControlPlane) -> None:
     """The namespace and the operator's RBAC from manifests/ (leader election included); no old Lease."""
-    control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
-    control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
+    install_operator_rbac(control_plane)
     control_plane.kubectl("delete", "lease", LEASE, "-n", SYSTEM_NAMESPACE, "--ignore-not-found")
 
 
@@ -106,12 +112,13 @@ def wait_planned(
     control_plane: ControlPlane, namespace: str, name: str, watts: int, timeout: float, interval: float = 0.1
 ) -> float:
     """Poll until the status plans ``watts``; return the time.monotonic() it was first seen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if planned_watts(control_plane, namespace, name) == watts:
-            return time.monotonic()
-        time.sleep(interval)
-    raise AssertionError(f"budget {namespace}/{name} not planned at {watts} W within {timeout:g}s")
+    seen: float = wait_for(
+        lambda: planned_watts(control_plane, namespace, name) == watts and time.monotonic(),
+        timeout=timeout,
+        interval=interval,
+        what=f"budget {namespace}/{name} planned at {watts} W",
+    )
+    return seen
 
 
 def overlapping(replicas: list[tuple[str, list[Recorded]]]) -> list[str]:

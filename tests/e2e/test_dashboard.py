@@ -29,7 +29,13 @@ import yaml
 
 from monitoring import __main__ as generate
 from tests.e2e.fleetkit import SimulatedFleet
-from tests.e2e.operator_harness import ApiProxy, OperatorProcess, proxied_kubeconfig, upstream_of
+from tests.e2e.operator_harness import (
+    ApiProxy,
+    OperatorProcess,
+    install_operator_rbac,
+    proxied_kubeconfig,
+    upstream_of,
+)
 from tests.e2e.promkit import PrometheusServer, SyntheticExporter, prometheus_binary
 from tests.envtest import REPO, ControlPlane, unique_name, wait_for
 from tests.workloads import gpu_deployment
@@ -110,8 +116,7 @@ def fleet(crd_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     if prometheus_binary() is None:
         pytest.skip("prometheus not installed (apt-get install prometheus)")
     root = tmp_path_factory.mktemp("dashboard")
-    cp.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
-    cp.kubectl("apply", "-f", str(REPO / "manifests" / "operator" / "rbac.yaml"))
+    install_operator_rbac(cp)
     namespace = unique_name("dash")
     domain_name = unique_name("dash-rack")
     cp.kubectl("create", "namespace", namespace)

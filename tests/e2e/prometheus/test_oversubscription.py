@@ -19,7 +19,7 @@ import pytest
 
 from gpupower_operator.planner import ProfilePoint, throughput_at
 from tests.e2e.fleetkit import SimulatedFleet
-from tests.e2e.operator_harness import OperatorProcess, running_operator
+from tests.e2e.operator_harness import OperatorProcess, clean_namespace, running_operator
 from tests.e2e.promkit import PodTraffic, PrometheusStack
 from tests.envtest import ControlPlane, unique_name, wait_for
 from tests.workloads import gpu_deployment
@@ -64,11 +64,7 @@ def ns(
 ) -> Iterator[str]:
     set_loads(fleet, QUIET_WATTS)
     yield namespace
-    control_plane.kubectl("delete", "gpb", "--all", "-n", namespace, "--timeout=30s", check=False)
-    control_plane.kubectl("delete", "deployment", "--all", "-n", namespace, "--wait=false", check=False)
-    control_plane.kubectl(
-        "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", check=False
-    )
+    clean_namespace(control_plane, namespace)
 
 
 def set_loads(fleet: SimulatedFleet, watts: float) -> None:
