@@ -300,17 +300,21 @@ class Runtime:
         for target, workload in workloads.items():
             if not isinstance(workload, rc.WorkloadState):
                 continue
-            try:
-                selector = parse_selector(workload.selector)
-            except InvalidSelectorError:
-                continue
-            pods = [pod for pod in self.pods.selected(namespace, selector) if pod.active]
+            pods = [pod for pod in self._workload_pods(namespace, workload) if pod.active]
             placements[target] = inventory.Placement(
                 bound_nodes=frozenset(pod.node_name for pod in pods if pod.node_name),
                 pending_selectors=tuple(pod.node_selector for pod in pods if not pod.node_name),
                 pods=len(pods),
             )
         return placements
+
+    def _workload_pods(self, namespace: str, workload: rc.WorkloadState) -> list[rc.PodState]:
+        """The pods the workload's selector picks ([] for a selector that does not parse)."""
+        try:
+            selector = parse_selector(workload.selector)
+        except InvalidSelectorError:
+            return []
+        return self.pods.selected(namespace, selector)
 
     # -- the worker --------------------------------------------------------
 
@@ -558,13 +562,8 @@ class Runtime:
             workload = workloads.get(target.name)
             engaged = 0
             if isinstance(workload, rc.WorkloadState):
-                try:
-                    selector = parse_selector(workload.selector)
-                except InvalidSelectorError:
-                    selector = None
-                if selector is not None:
-                    for pod in self.pods.selected(namespace, selector):
-                        engaged += self.guard_events.pop((namespace, pod.name), 0)
+                for pod in self._workload_pods(namespace, workload):
+                    engaged += self.guard_events.pop((namespace, pod.name), 0)
             before = oversubscription.remembered(old_status.target(target.name) if old_status else None)
             factor = corrections.get(target.name, (1.0, 1.0))[0]
             memory[target.name] = oversubscription.next_memory(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import (
@@ -16,12 +16,28 @@ from prometheus_client import (
 )
 
 from gpupower_api.domains import DomainSpec, DomainStatus
-from gpupower_api.models import BudgetStatus, ConditionStatus, TargetStatus
+from gpupower_api.models import BudgetStatus, Condition, ConditionStatus, TargetStatus
 
 _BUDGET_LABELS = ("namespace", "budget")
 _TARGET_LABELS = ("namespace", "budget", "target")
 _CONDITION_LABELS = ("namespace", "budget", "type", "status")
 _CONDITION_STATUSES = tuple(status.value for status in ConditionStatus)
+
+
+def record_conditions(
+    gauge: Gauge, labels: tuple[str, ...], conditions: Sequence[Condition], before: set[str]
+) -> set[str]:
+    """One object's condition series: 1 for the status each condition has, 0 for the others, and
+    none left for a type it no longer has (``before``: the types recorded last). Returns the types now."""
+    types = {condition.type for condition in conditions}
+    for gone in before - types:
+        for value in _CONDITION_STATUSES:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels, gone, value)
+    for condition in conditions:
+        for value in _CONDITION_STATUSES:
+            gauge.labels(*labels, condition.type, value).set(1.0 if condition.status.value == value else 0.0)
+    return types
 
 
 class OperatorMetrics:
@@ -140,16 +156,10 @@ class OperatorMetrics:
         self._record_targets(namespace, name, status)
 
     def _record_conditions(self, namespace: str, name: str, status: BudgetStatus) -> None:
-        types = {condition.type for condition in status.conditions}
-        for gone in self._conditions.get((namespace, name), set()) - types:
-            for value in _CONDITION_STATUSES:
-                with contextlib.suppress(KeyError):
-                    self.condition.remove(namespace, name, gone, value)
-        for condition in status.conditions:
-            for value in _CONDITION_STATUSES:
-                current = 1.0 if condition.status.value == value else 0.0
-                self.condition.labels(namespace, name, condition.type, value).set(current)
-        self._conditions[(namespace, name)] = types
+        key = (namespace, name)
+        self._conditions[key] = record_conditions(
+            self.condition, (namespace, name), status.conditions, self._conditions.get(key, set())
+        )
 
     def _record_targets(self, namespace: str, name: str, status: BudgetStatus) -> None:
         names = {target.name for target in status.targets}
@@ -254,17 +264,9 @@ class DomainMetrics:
         for (namespace, budget), allocated in shares.items():
             self.budget_allocated_watts.labels(name, namespace, budget).set(allocated)
         self._budgets[name] = set(shares)
-        types = {c.type for c in status.conditions}
-        for gone_type in self._conditions.get(name, set()) - types:
-            for text in _CONDITION_STATUSES:
-                with contextlib.suppress(KeyError):
-                    self.condition.remove(name, gone_type, text)
-        for condition in status.conditions:
-            for text in _CONDITION_STATUSES:
-                self.condition.labels(name, condition.type, text).set(
-                    1.0 if condition.status.value == text else 0.0
-                )
-        self._conditions[name] = types
+        self._conditions[name] = record_conditions(
+            self.condition, (name,), status.conditions, self._conditions.get(name, set())
+        )
 
     def forget(self, name: str) -> None:
         self.record(name, None, DomainStatus())
