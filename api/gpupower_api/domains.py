@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from gpupower_api.models import (
     DNS_SUBDOMAIN,
@@ -95,9 +95,17 @@ class LabelSelector(ApiModel):
         default=None, max_length=MAX_SELECTOR_TERMS, description="Further requirements on labels."
     )
 
+    _parsed: Selector = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Parsed once: every node is matched against every domain's selector on each allocation round.
+        self._parsed = selector_from_label_selector(
+            self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        )
+
     def selector(self) -> Selector:
         """The parsed form the operator and the agent match labels with."""
-        return selector_from_label_selector(self.model_dump(by_alias=True, exclude_none=True, mode="json"))
+        return self._parsed
 
     def is_empty(self) -> bool:
         return not self.match_labels and not self.match_expressions
