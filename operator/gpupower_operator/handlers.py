@@ -45,7 +45,7 @@ from gpupower_operator.kube import Cluster
 from gpupower_operator.measurements import MeasurementBoard
 from gpupower_operator.metrics import OperatorMetrics
 from gpupower_operator.planner import Plan, Problem, budget_milliwatts, floor_watts, plan, problem_from_spec
-from gpupower_operator.signals import SignalSource
+from gpupower_operator.signalsource import SignalSource
 
 log = logging.getLogger("gpupower_operator")
 

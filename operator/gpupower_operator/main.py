@@ -20,7 +20,7 @@ from gpupower_operator.kube import KubeCluster, connection_info, load_configurat
 from gpupower_operator.leader import LeaderElector
 from gpupower_operator.metrics import OperatorMetrics, metrics_app
 from gpupower_operator.podwatch import PodWatch, nodes_path
-from gpupower_operator.signals import SignalSource, kubernetes_secret_reader
+from gpupower_operator.signalsource import SignalSource, kubernetes_secret_reader
 
 log = logging.getLogger("gpupower_operator")
 

@@ -43,8 +43,9 @@ from gpupower_api.selectors import InvalidSelectorError, parse_selector
 from gpupower_operator import reconcile as rc
 from gpupower_operator import sweep
 from gpupower_operator.kube import MERGE_PATCH
-from gpupower_operator.prometheus import MetricsReader, NoSignal, PrometheusError, single_value
-from gpupower_operator.signals import SecretError
+from gpupower_operator.prometheus import MetricsReader, PrometheusError, single_value
+from gpupower_operator.signals import NoSignal
+from gpupower_operator.signalsource import SecretError
 
 if TYPE_CHECKING:
     from gpupower_operator.handlers import Runtime

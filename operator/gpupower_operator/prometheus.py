@@ -19,16 +19,11 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
+from gpupower_operator.signals import NoSignal
+
 
 class PrometheusError(Exception):
     """A query that did not give an answer: unreachable server, HTTP error, timeout or malformed response."""
-
-
-@dataclass(frozen=True)
-class NoSignal:
-    """A query that answered with nothing usable (no series, or NaN)."""
-
-    reason: str
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ import pytest
 
 from gpupower_operator.prometheus import (
     ConnectionSettings,
-    NoSignal,
     PrometheusClient,
     PrometheusError,
     Series,
     parse_result,
     single_value,
 )
+from gpupower_operator.signals import NoSignal
 
 
 @dataclass

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from gpupower_api.models import BudgetSpec, BudgetStatus, ConditionStatus, TargetStatus, parse_spec
-from gpupower_operator import planner, promql, signals
+from gpupower_operator import planner, promql, signals, signalsource
 from gpupower_operator import reconcile as rc
 from gpupower_operator.correction import Factors
-from gpupower_operator.prometheus import FakeMetrics, NoSignal, PrometheusError, Series
-from gpupower_operator.signals import DemandSource, Memory, Reading, TargetReading, advance
+from gpupower_operator.prometheus import FakeMetrics, PrometheusError, Series
+from gpupower_operator.signals import DemandSource, Memory, NoSignal, Reading, TargetReading, advance
 
 
 def spec(**prometheus: Any) -> BudgetSpec:
@@ -193,7 +193,7 @@ def test_a_new_plan_must_settle_for_a_window_before_its_readings_correct_the_pro
 
 def test_read_budget_turns_a_failed_query_into_a_failed_reading() -> None:
     down = FakeMetrics(failure="cannot reach http://127.0.0.1:9: ConnectionRefusedError")
-    result = signals.read_budget(down, spec(), "serving")
+    result = signalsource.read_budget(down, spec(), "serving")
     assert result.error is not None and "ConnectionRefusedError" in result.error
 
 
@@ -207,7 +207,7 @@ def test_read_budget_reads_every_query_of_every_target() -> None:
             queries.power_watts: [Series({"gpu": "0"}, 250.0), Series({"gpu": "1"}, 230.0)],
         }
     )
-    result = signals.read_budget(fake, budget, "serving")
+    result = signalsource.read_budget(fake, budget, "serving")
     decode = result.targets["decode"]
     assert (decode.demand, decode.served, decode.power_watts, decode.gpus_reporting) == (12.5, 12.0, 480.0, 2)
     assert isinstance(decode.ttft_seconds, NoSignal)
@@ -220,7 +220,7 @@ def test_fake_failure_is_a_prometheus_error() -> None:
 
 
 async def test_a_budget_without_a_url_says_so_and_uses_static_demand() -> None:
-    source = signals.SignalSource(default_url=None)
+    source = signalsource.SignalSource(default_url=None)
     budget = parse_spec(spec().model_dump(by_alias=True, exclude={"prometheus"}))
     result = await source.signals("serving", "b", budget, None)
     assert result is not None and result.condition is not None
@@ -238,7 +238,7 @@ async def test_reads_are_spaced_by_the_interval() -> None:
             calls.append(query)
             return fake.vector(query)
 
-    source = signals.SignalSource(
+    source = signalsource.SignalSource(
         default_url="http://127.0.0.1:9", reader_factory=lambda _: Counting(), clock=lambda: now[0]
     )
     budget = spec(intervalSeconds=10)
@@ -298,7 +298,7 @@ def test_demand_rises_at_once_and_falls_only_after_the_stabilization_window() ->
 async def test_failed_reads_are_counted() -> None:
     failures: list[int] = []
     now = [0.0]
-    source = signals.SignalSource(
+    source = signalsource.SignalSource(
         default_url="http://127.0.0.1:9",
         reader_factory=lambda _: FakeMetrics(failure="cannot reach http://127.0.0.1:9"),
         clock=lambda: now[0],

@@ -18,7 +18,8 @@ import pytest
 
 from gpupower_api.models import BudgetSpec, BudgetStatus, ConditionStatus, TargetStatus, parse_spec
 from gpupower_operator import planner
-from gpupower_operator.signals import DemandSource, Signals, SignalSource
+from gpupower_operator.signals import DemandSource, Signals
+from gpupower_operator.signalsource import SignalSource
 from tests.e2e.promkit import PodTraffic, PrometheusStack, close_to
 from tests.envtest import unique_name
 

@@ -18,7 +18,8 @@ import pytest
 
 from gpupower_api.models import BudgetSpec, parse_spec
 from gpupower_operator import promql
-from gpupower_operator.signals import DemandSource, SignalSource
+from gpupower_operator.signals import DemandSource
+from gpupower_operator.signalsource import SignalSource
 from tests.e2e.promkit import PodTraffic, PrometheusStack, close_to
 from tests.envtest import unique_name
 

@@ -12,7 +12,7 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 
 from gpupower_api.models import parse_spec
 from gpupower_operator.prometheus import ConnectionSettings, FakeMetrics, MetricsReader
-from gpupower_operator.signals import SecretError, SignalSource, kubernetes_secret_reader
+from gpupower_operator.signalsource import SecretError, SignalSource, kubernetes_secret_reader
 from tests.envtest import ControlPlane
 
 pytestmark = pytest.mark.envtest
