@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
@@ -42,13 +42,11 @@ from gpupower_api.profilerun import RUN_PLURAL, RunPhase, RunSpec, RunStatus, pa
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
 from gpupower_operator import reconcile as rc
 from gpupower_operator import sweep
+from gpupower_operator.index import PodIndex
 from gpupower_operator.kube import MERGE_PATCH
 from gpupower_operator.prometheus import MetricsReader, PrometheusError, single_value
 from gpupower_operator.signals import NoSignal
-from gpupower_operator.signalsource import SecretError
-
-if TYPE_CHECKING:
-    from gpupower_operator.handlers import Runtime
+from gpupower_operator.signalsource import SecretError, SignalSource
 
 log = logging.getLogger("gpupower_operator")
 
@@ -145,11 +143,32 @@ class _Context:
     holder: str | None = None  # the run measuring the budget now
 
 
+class BudgetWorkers(Protocol):
+    """What the run daemons need of the budget workers beside them (the budgets' shell)."""
+
+    @property
+    def budgets(self) -> Mapping[BudgetKey, Mapping[str, Any]]: ...
+
+    @property
+    def board(self) -> MeasurementBoard: ...
+
+    @property
+    def pods(self) -> PodIndex: ...
+
+    @property
+    def signals(self) -> SignalSource | None: ...
+
+    @property
+    def pods_synced(self) -> asyncio.Event: ...
+
+    def wake(self, keys: set[BudgetKey] | list[BudgetKey]) -> None: ...
+
+
 class Measurements:
     """The run daemons, beside the budget workers of ``runtime``."""
 
     def __init__(
-        self, runtime: Runtime, api: client.ApiClient | None, clock: Callable[[], float] = time.time
+        self, runtime: BudgetWorkers, api: client.ApiClient | None, clock: Callable[[], float] = time.time
     ) -> None:
         self.runtime = runtime
         self.api = api
