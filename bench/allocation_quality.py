@@ -29,8 +29,8 @@ from domain_trees import ROOT, Tree, tree
 
 sys.path[:0] = [str(ROOT / "api"), str(ROOT / "operator"), str(ROOT)]
 
-from gpupower_operator.allocation import allocate, planned_problem, static_split  # noqa: E402
-from gpupower_operator.planner import optimize  # noqa: E402
+from gpupower_operator.core.allocation import allocate, planned_problem, static_split  # noqa: E402
+from gpupower_operator.core.planner import optimize  # noqa: E402
 from tests.allocation_reference import by_tier  # noqa: E402
 
 TIERS = (100, 50, 0)

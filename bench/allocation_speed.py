@@ -29,8 +29,8 @@ from domain_trees import RACK_SHARES, ROOT, Tree, tree
 
 sys.path[:0] = [str(ROOT / "api"), str(ROOT / "operator")]
 
-from gpupower_operator.allocation import Allocation, allocate  # noqa: E402
-from gpupower_operator.planner import MAX_TOTAL_WATTS, Level, Problem, clear_cache, plan  # noqa: E402
+from gpupower_operator.core.allocation import Allocation, allocate  # noqa: E402
+from gpupower_operator.core.planner import MAX_TOTAL_WATTS, Level, Problem, clear_cache, plan  # noqa: E402
 
 GOAL_SECONDS = 0.100
 

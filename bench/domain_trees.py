@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "api"), str(ROOT / "operator")]
 
-from gpupower_operator.allocation import BudgetInput, DomainInput  # noqa: E402
-from gpupower_operator.planner import Problem, ProfilePoint, TargetProblem  # noqa: E402
+from gpupower_operator.core.allocation import BudgetInput, DomainInput  # noqa: E402
+from gpupower_operator.core.planner import Problem, ProfilePoint, TargetProblem  # noqa: E402
 
 GPUS = {"h100-sxm": (200, 700), "a100-sxm": (100, 400), "l40s": (100, 350)}
 # Throughput against the share of the cap range: prefill is compute-bound, decode memory-bound.

@@ -34,7 +34,7 @@ for folder in ("api", "operator", "agent"):
 
 from gpupower_agent.guard import GuardGpu, GuardState, effective_limit, step  # noqa: E402
 from gpupower_api.models import Oversubscription  # noqa: E402
-from gpupower_operator.planner import (  # noqa: E402
+from gpupower_operator.core.planner import (  # noqa: E402
     Problem,
     ProfilePoint,
     TargetProblem,

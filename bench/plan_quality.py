@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "api"), str(ROOT / "operator")]
 
-from gpupower_operator.planner import (  # noqa: E402
+from gpupower_operator.core.planner import (  # noqa: E402
     Plan,
     Problem,
     ProfilePoint,

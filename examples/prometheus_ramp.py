@@ -23,7 +23,7 @@ sys.path[:0] = [str(REPO), str(REPO / "api"), str(REPO / "operator")]
 
 from gpupower_api.models import BudgetStatus, TargetStatus, parse_spec  # noqa: E402
 from gpupower_operator import planner  # noqa: E402
-from gpupower_operator.signalsource import SignalSource  # noqa: E402
+from gpupower_operator.shell.signalsource import SignalSource  # noqa: E402
 from tests.e2e.promkit import PodTraffic, prometheus_binary, start_stack  # noqa: E402
 
 WINDOW_SECONDS = 5

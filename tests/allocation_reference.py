@@ -1,7 +1,7 @@
 """The exhaustive reference for the domain allocation: every combination of every budget's plans.
 
 It shares only the planner's model (power, throughput and served fraction of one
-pair) with :mod:`gpupower_operator.allocation`, none of its search: each
+pair) with :mod:`gpupower_operator.core.allocation`, none of its search: each
 budget's levels come from every combination of (replicas, cap) of its targets,
 and the allocation is the best combination of levels by the rule itself
 (priority tiers, then the lexicographic max-min of served fractions with the
@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 from itertools import product
 
-from gpupower_operator.allocation import BudgetInput, DomainInput
-from gpupower_operator.planner import (
+from gpupower_operator.core.allocation import BudgetInput, DomainInput
+from gpupower_operator.core.planner import (
     Level,
     Problem,
     ServedCurve,

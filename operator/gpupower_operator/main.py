@@ -14,13 +14,14 @@ import kopf
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from gpupower_operator import domain_handlers, handlers, measurements
+from gpupower_operator.adapters.kube import KubeCluster, connection_info, load_configuration
 from gpupower_operator.config import ConfigError, OperatorConfig, parse_config
-from gpupower_operator.kube import KubeCluster, connection_info, load_configuration
-from gpupower_operator.leader import LeaderElector
-from gpupower_operator.metrics import OperatorMetrics, metrics_app
-from gpupower_operator.podwatch import PodWatch, nodes_path
-from gpupower_operator.signalsource import SignalSource, kubernetes_secret_reader
+from gpupower_operator.shell import budgets, profileruns
+from gpupower_operator.shell.domains import domains_path, namespaces_path
+from gpupower_operator.shell.leadership import LeaderElector
+from gpupower_operator.shell.metrics import OperatorMetrics, metrics_app
+from gpupower_operator.shell.podwatch import PodWatch, nodes_path
+from gpupower_operator.shell.signalsource import SignalSource, kubernetes_secret_reader
 
 log = logging.getLogger("gpupower_operator")
 
@@ -29,7 +30,7 @@ FINALIZER = "gpupower.dev/finalizer"
 
 def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    # One active replica is chosen by our Lease (gpupower_operator.leader), not by kopf's peering:
+    # One active replica is chosen by our Lease (gpupower_operator.shell.leadership), not by kopf's peering:
     # kopf runs only in the replica that holds the Lease.
     settings.peering.standalone = True
     settings.persistence.finalizer = FINALIZER
@@ -73,7 +74,7 @@ async def run(config: OperatorConfig) -> None:
         read_secret=kubernetes_secret_reader(api),
         count_failure=metrics.errors.labels("prometheus").inc,
     )
-    runtime = handlers.Runtime(
+    runtime = budgets.Runtime(
         KubeCluster(api),
         metrics,
         config.resync_seconds,
@@ -85,8 +86,8 @@ async def run(config: OperatorConfig) -> None:
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return await connection_info(configuration)
 
-    handlers.register(registry, runtime, login)
-    measurements.register(registry, measurements.Measurements(runtime, api))
+    budgets.register(registry, runtime, login)
+    profileruns.register(registry, profileruns.Measurements(runtime, api))
     pod_watch = PodWatch(api, config.namespaces, runtime.on_pod)
     runtime.pods_synced = pod_watch.synced
     watching = asyncio.create_task(pod_watch.run(), name="pod-watch")
@@ -96,10 +97,10 @@ async def run(config: OperatorConfig) -> None:
     watching_nodes = asyncio.create_task(node_watch.run(), name="node-watch")
     # The power domains and the namespaces' labels (their namespaceSelectors), for the allocation.
     domains = runtime.domain_runtime
-    domain_watch = PodWatch(api, [], domains.on_domain, path_of=domain_handlers.domains_path)
+    domain_watch = PodWatch(api, [], domains.on_domain, path_of=domains_path)
     domains.domains_synced = domain_watch.synced
     domains.nodes_synced = node_watch.synced
-    namespace_watch = PodWatch(api, [], domains.on_namespace, path_of=domain_handlers.namespaces_path)
+    namespace_watch = PodWatch(api, [], domains.on_namespace, path_of=namespaces_path)
     domains.namespaces_synced = namespace_watch.synced
     watches = [
         watching,

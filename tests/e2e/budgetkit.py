@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpupower_api.models import parse_spec
-from gpupower_operator.planner import Plan, plan, problem_from_spec
+from gpupower_operator.core.planner import Plan, plan, problem_from_spec
 from tests.envtest import ControlPlane, wait_for
 
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from gpupower_api.contract import BUDGET_ANNOTATION, POWER_LIMIT_ANNOTATION
-from gpupower_operator.planner import Plan
+from gpupower_operator.core.planner import Plan
 from tests.e2e.budgetkit import (
     annotations,
     budget,

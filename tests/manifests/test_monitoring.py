@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gpupower_agent.metrics import AgentMetrics
-from gpupower_operator.metrics import OperatorMetrics
+from gpupower_operator.shell.metrics import OperatorMetrics
 from monitoring import __main__ as generate
 from monitoring import dashboard
 from tests.envtest import REPO, kubectl_binary

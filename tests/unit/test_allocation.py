@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from gpupower_operator.allocation import (
+from gpupower_operator.core.allocation import (
     BudgetInput,
     DomainInput,
     DomainTreeError,
@@ -16,7 +16,7 @@ from gpupower_operator.allocation import (
     static_split,
     tree_problems,
 )
-from gpupower_operator.planner import Problem, ProfilePoint, TargetProblem, optimize
+from gpupower_operator.core.planner import Problem, ProfilePoint, TargetProblem, optimize
 
 # Requests/s of one replica of a model on H100-class GPUs at each per-GPU cap (concave, flat near TDP).
 H100 = tuple(

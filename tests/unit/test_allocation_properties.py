@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gpupower_operator.allocation import (
+from gpupower_operator.core.allocation import (
     Allocation,
     BudgetInput,
     DomainInput,
@@ -16,7 +16,7 @@ from gpupower_operator.allocation import (
     planned_problem,
     static_split,
 )
-from gpupower_operator.planner import (
+from gpupower_operator.core.planner import (
     Problem,
     ProfilePoint,
     TargetProblem,

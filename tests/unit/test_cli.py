@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gpupower_operator.cli import app
+from gpupower_operator.cli.main import app
 from tests.envtest import source_env
 
 REPO = Path(__file__).resolve().parents[2]

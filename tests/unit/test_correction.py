@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpupower_operator.correction import (
+from gpupower_operator.core.correction import (
     CorrectionSettings,
     CorrectionState,
     Factors,

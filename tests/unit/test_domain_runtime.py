@@ -22,9 +22,9 @@ from gpupower_api.contract import (
     format_held_report,
 )
 from gpupower_api.models import BudgetStatus, parse_spec
-from gpupower_operator.domain_handlers import DomainRuntime
-from gpupower_operator.metrics import OperatorMetrics
-from gpupower_operator.planner import problem_from_spec
+from gpupower_operator.core.planner import problem_from_spec
+from gpupower_operator.shell.domains import DomainRuntime
+from gpupower_operator.shell.metrics import OperatorMetrics
 
 RACK = "topology.gpupower.dev/rack"
 

@@ -17,9 +17,9 @@ from gpupower_api.contract import (
     format_held_report,
 )
 from gpupower_api.domains import parse_domain_spec
-from gpupower_operator import domainstate as ds
-from gpupower_operator.allocation import Limit
-from gpupower_operator.planner import Problem, ProfilePoint, TargetProblem, optimize
+from gpupower_operator.core import domainstate as ds
+from gpupower_operator.core.allocation import Limit
+from gpupower_operator.core.planner import Problem, ProfilePoint, TargetProblem, optimize
 
 H100 = tuple(
     ProfilePoint(w, t)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gpupower_operator.handover import BudgetHold, DomainRoom, Grant, grants
+from gpupower_operator.core.handover import BudgetHold, DomainRoom, Grant, grants
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

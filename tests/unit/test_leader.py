@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpupower_operator.leader import Action, LeaseRecord, decide
+from gpupower_operator.shell.leadership import Action, LeaseRecord, decide
 
 
 def lease(holder: str | None, lease_seconds: float = 8) -> LeaseRecord:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpupower_api.models import ConditionStatus
-from gpupower_operator import conditions as cond
+from gpupower_operator.core import conditions as cond
 
 
 def test_transition_time_moves_only_when_the_status_flips() -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gpupower_api.selectors import parse_selector
-from gpupower_operator.index import PodIndex, SelectorIndex
-from gpupower_operator.reconcile import PodState
+from gpupower_operator.core.reconcile import PodState
+from gpupower_operator.shell.index import PodIndex, SelectorIndex
 
 
 def pod(name: str, budget: str | None = None, **labels: str) -> PodState:

@@ -8,10 +8,10 @@ from gpupower_agent.inventory import node_inventory
 from gpupower_agent.nvml import GPU_MODELS, Gpu
 from gpupower_api.contract import GPU_POWER_DEFAULT_LABEL, GPU_POWER_MAX_LABEL, GPU_POWER_MIN_LABEL
 from gpupower_api.models import BudgetStatus, ConditionStatus, Target, TargetStatus, parse_spec
-from gpupower_operator import inventory as inv
-from gpupower_operator import reconcile as rc
-from gpupower_operator.inventory import NodeInfo, Placement, RangeSource, effective_range, node_info
-from gpupower_operator.planner import plan, problem_from_spec
+from gpupower_operator.core import inventory as inv
+from gpupower_operator.core import reconcile as rc
+from gpupower_operator.core.inventory import NodeInfo, Placement, RangeSource, effective_range, node_info
+from gpupower_operator.core.planner import plan, problem_from_spec
 
 
 def _target(cap_watts: tuple[int, int] | None = (100, 700)) -> Target:

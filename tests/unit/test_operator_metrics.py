@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpupower_api.models import BudgetStatus, Condition, ConditionStatus, TargetStatus
-from gpupower_operator.metrics import OperatorMetrics
+from gpupower_operator.shell.metrics import OperatorMetrics
 
 
 def target(name: str, demand: float | None = 30.0) -> TargetStatus:

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from gpupower_api.contract import HeldWatts, format_power_limit
 from gpupower_api.models import BudgetStatus, ConditionStatus, InvalidSpecError, parse_spec
-from gpupower_operator import conditions as cond
-from gpupower_operator import reconcile as rc
-from gpupower_operator.planner import Plan, plan, problem_from_spec
+from gpupower_operator.core import conditions as cond
+from gpupower_operator.core import reconcile as rc
+from gpupower_operator.core.planner import Plan, plan, problem_from_spec
 from tests.fleet_power import FleetModel, walk_is_safe
 
 NOW = "2026-01-01T00:00:00Z"

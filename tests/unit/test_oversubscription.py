@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpupower_api.models import parse_spec
-from gpupower_operator import reconcile as rc
-from gpupower_operator.oversubscription import GuardMemory, floored, next_memory, remembered
-from gpupower_operator.planner import plan, problem_from_spec
+from gpupower_operator.core import reconcile as rc
+from gpupower_operator.core.oversubscription import GuardMemory, floored, next_memory, remembered
+from gpupower_operator.core.planner import plan, problem_from_spec
 
 T0 = "2026-12-01T10:00:00+00:00"
 T30 = "2026-12-01T10:00:30+00:00"

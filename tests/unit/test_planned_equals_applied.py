@@ -20,8 +20,8 @@ from gpupower_agent.nvml import GPU_MODELS, Gpu, GpuConstraints
 from gpupower_agent.policy import Action, decide_gpu
 from gpupower_agent.trust import PodCap, Verdict
 from gpupower_api.models import parse_spec
-from gpupower_operator.inventory import NodeInfo, Placement, cap_ranges, effective_range, node_info
-from gpupower_operator.planner import plan, problem_from_spec
+from gpupower_operator.core.inventory import NodeInfo, Placement, cap_ranges, effective_range, node_info
+from gpupower_operator.core.planner import plan, problem_from_spec
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from gpupower_api.models import Strategy, parse_spec
-from gpupower_operator.planner import (
+from gpupower_operator.core.planner import (
     Problem,
     ProfilePoint,
     ServedCurve,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gpupower_operator.planner import (
+from gpupower_operator.core.planner import (
     Plan,
     Problem,
     ProfilePoint,
@@ -36,11 +36,11 @@ from gpupower_operator.planner import (
     target_watts,
     throughput_at,
 )
-from gpupower_operator.planner import _cap_table as cap_table
-from gpupower_operator.planner import _cheapest_by_caps as cheapest_by_caps
-from gpupower_operator.planner import _cheapest_by_replicas as cheapest_by_replicas
-from gpupower_operator.planner import _cheapest_pair as cheapest_pair
-from gpupower_operator.planner import _throughputs_on_grid as throughputs_on_grid
+from gpupower_operator.core.planner import _cap_table as cap_table
+from gpupower_operator.core.planner import _cheapest_by_caps as cheapest_by_caps
+from gpupower_operator.core.planner import _cheapest_by_replicas as cheapest_by_replicas
+from gpupower_operator.core.planner import _cheapest_pair as cheapest_pair
+from gpupower_operator.core.planner import _throughputs_on_grid as throughputs_on_grid
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

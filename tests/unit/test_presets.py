@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gpupower_api.models import Profile
 from gpupower_api.presets import DECODE_NATURAL_FRACTION, PREFILL_SHAPE, PresetShape, preset_points
-from gpupower_operator import planner, profiles
+from gpupower_operator.core import planner, profiles
 
 
 def envelope(profile: Profile) -> tuple[planner.ProfilePoint, ...]:

@@ -10,8 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from gpupower_api.models import parse_budget
-from gpupower_operator.budgetfile import BudgetFileError, with_profile
-from gpupower_operator.cli import app
+from gpupower_operator.cli.budgetfile import BudgetFileError, with_profile
+from gpupower_operator.cli.main import app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
 runner = CliRunner()
@@ -251,7 +251,7 @@ def test_measure_names_the_bad_flag_before_it_reaches_the_cluster(args: list[str
 
 
 def test_measure_refuses_an_advisory_budget_and_an_unknown_target() -> None:
-    from gpupower_operator.profile_cli import MeasureError, check_budget
+    from gpupower_operator.cli.profile import MeasureError, check_budget
 
     advisory = {"spec": {"mode": "Advisory", "targets": [{"name": "decode"}]}}
     with pytest.raises(MeasureError, match="--budget: budget llm is Advisory"):
@@ -265,7 +265,7 @@ def test_measure_refuses_an_advisory_budget_and_an_unknown_target() -> None:
 
 
 def test_the_run_document_is_what_the_flags_say() -> None:
-    from gpupower_operator.profile_cli import run_document
+    from gpupower_operator.cli.profile import run_document
 
     document = run_document(
         "inference", "llm", "decode", [250, 350], 10, 30, None, 'sum(q{pod="$pod"})', None, None
@@ -286,7 +286,7 @@ def test_the_curve_table_shows_every_level_and_what_was_read() -> None:
     from rich.console import Console
 
     from gpupower_api.profilerun import LevelPhase, LevelStatus, RunStatus
-    from gpupower_operator.profile_cli import curve_table, level_line
+    from gpupower_operator.cli.profile import curve_table, level_line
 
     status = RunStatus(
         pod="decode-0",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gpupower_operator.profile_import import (
+from gpupower_operator.cli.profile_import import (
     Format,
     ResultFileError,
     Unit,

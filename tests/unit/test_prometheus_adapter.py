@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gpupower_operator.prometheus import (
+from gpupower_operator.adapters.prometheus import (
     ConnectionSettings,
     PrometheusClient,
     PrometheusError,
@@ -23,7 +23,7 @@ from gpupower_operator.prometheus import (
     parse_result,
     single_value,
 )
-from gpupower_operator.signals import NoSignal
+from gpupower_operator.core.signals import NoSignal
 
 
 @dataclass

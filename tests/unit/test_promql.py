@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from gpupower_api.models import DemandPreset, PrometheusSpec, Target
-from gpupower_operator import promql
-from gpupower_operator.promql import PodScope
+from gpupower_operator.core import promql
+from gpupower_operator.core.promql import PodScope
 
 
 def target(**extra: Any) -> Target:

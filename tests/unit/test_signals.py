@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 
 from gpupower_api.models import BudgetSpec, BudgetStatus, ConditionStatus, TargetStatus, parse_spec
-from gpupower_operator import planner, promql, signals, signalsource
-from gpupower_operator import reconcile as rc
-from gpupower_operator.correction import Factors
-from gpupower_operator.prometheus import FakeMetrics, PrometheusError, Series
-from gpupower_operator.signals import DemandSource, Memory, NoSignal, Reading, TargetReading, advance
+from gpupower_operator.adapters.prometheus import FakeMetrics, PrometheusError, Series
+from gpupower_operator.core import planner, promql, signals
+from gpupower_operator.core import reconcile as rc
+from gpupower_operator.core.correction import Factors
+from gpupower_operator.core.signals import DemandSource, Memory, NoSignal, Reading, TargetReading, advance
+from gpupower_operator.shell import signalsource
 
 
 def spec(**prometheus: Any) -> BudgetSpec:

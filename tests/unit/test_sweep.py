@@ -14,9 +14,9 @@ from gpupower_agent.trust import BudgetIndex, Verdict, pod_cap
 from gpupower_api.contract import HeldWatts, format_power_limit
 from gpupower_api.models import PrometheusSpec, Target, parse_spec
 from gpupower_api.profilerun import LevelPhase, RunPhase, RunSpec, RunStatus
-from gpupower_operator import reconcile as rc
-from gpupower_operator import sweep
-from gpupower_operator.planner import Problem, ProfilePoint, TargetProblem, plan, problem_from_spec
+from gpupower_operator.core import reconcile as rc
+from gpupower_operator.core import sweep
+from gpupower_operator.core.planner import Problem, ProfilePoint, TargetProblem, plan, problem_from_spec
 
 START = 1_800_000_000.0
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from gpupower_api.models import parse_spec
-from gpupower_operator.planner import ProfilePoint, plan, problem_from_spec, throughput_at
+from gpupower_operator.core.planner import ProfilePoint, plan, problem_from_spec, throughput_at
 from tests.e2e.agentkit import wait_seconds
 from tests.e2e.budgetkit import expected_plan, get_budget, live_pods, wait_ready
 from tests.e2e.fleetkit import SimulatedFleet

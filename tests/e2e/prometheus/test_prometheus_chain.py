@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from gpupower_api.models import BudgetSpec, BudgetStatus, ConditionStatus, TargetStatus, parse_spec
-from gpupower_operator import planner
-from gpupower_operator.signals import DemandSource, Signals
-from gpupower_operator.signalsource import SignalSource
+from gpupower_operator.core import planner
+from gpupower_operator.core.signals import DemandSource, Signals
+from gpupower_operator.shell.signalsource import SignalSource
 from tests.e2e.promkit import PodTraffic, PrometheusStack, close_to
 from tests.envtest import unique_name
 

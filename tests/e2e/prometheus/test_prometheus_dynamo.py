@@ -17,9 +17,9 @@ import time
 import pytest
 
 from gpupower_api.models import BudgetSpec, parse_spec
-from gpupower_operator import promql
-from gpupower_operator.signals import DemandSource
-from gpupower_operator.signalsource import SignalSource
+from gpupower_operator.core import promql
+from gpupower_operator.core.signals import DemandSource
+from gpupower_operator.shell.signalsource import SignalSource
 from tests.e2e.promkit import PodTraffic, PrometheusStack, close_to
 from tests.envtest import unique_name
 

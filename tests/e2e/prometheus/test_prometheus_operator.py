@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpupower_operator.planner import ProfilePoint, throughput_at
+from gpupower_operator.core.planner import ProfilePoint, throughput_at
 from tests.e2e.fleetkit import SimulatedFleet
 from tests.e2e.operator_harness import OperatorProcess, clean_namespace, running_operator
 from tests.e2e.promkit import PodTraffic, PrometheusStack, close_to

@@ -11,8 +11,8 @@ from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 
 from gpupower_api.models import parse_spec
-from gpupower_operator.prometheus import ConnectionSettings, FakeMetrics, MetricsReader
-from gpupower_operator.signalsource import SecretError, SignalSource, kubernetes_secret_reader
+from gpupower_operator.adapters.prometheus import ConnectionSettings, FakeMetrics, MetricsReader
+from gpupower_operator.shell.signalsource import SecretError, SignalSource, kubernetes_secret_reader
 from tests.envtest import ControlPlane
 
 pytestmark = pytest.mark.envtest

@@ -2,7 +2,7 @@
 
 A small :class:`Cluster` interface and its real implementation over
 kubernetes-asyncio. Raw API objects stop here: callers get
-:class:`~gpupower_operator.reconcile.WorkloadState` values.
+:class:`~gpupower_operator.core.reconcile.WorkloadState` values.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from gpupower_api.domains import PLURAL as DOMAIN_PLURAL
 from gpupower_api.models import GROUP, PLURAL, VERSION, WorkloadRef
-from gpupower_operator import conditions as cond
-from gpupower_operator.reconcile import WorkloadMissing, WorkloadState
+from gpupower_operator.core import conditions as cond
+from gpupower_operator.core.reconcile import WorkloadMissing, WorkloadState
 
 MERGE_PATCH = "application/merge-patch+json"
 

@@ -1,7 +1,7 @@
 """Per budget, the reads of Prometheus behind its signals: connections, Secrets, and the memory between reads.
 
 :class:`SignalSource` reads Prometheus at most once per ``intervalSeconds`` per
-budget, hands each reading to the pure :func:`gpupower_operator.signals.advance`
+budget, hands each reading to the pure :func:`gpupower_operator.core.signals.advance`
 and keeps the memory it returns between reconciles.
 """
 
@@ -23,16 +23,16 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gpupower_api.models import BudgetSpec, BudgetStatus, PrometheusSpec
-from gpupower_operator import promql
-from gpupower_operator.conditions import ConditionUpdate
-from gpupower_operator.prometheus import (
+from gpupower_operator.adapters.prometheus import (
     ConnectionSettings,
     MetricsReader,
     PrometheusClient,
     PrometheusError,
     single_value,
 )
-from gpupower_operator.signals import (
+from gpupower_operator.core import promql
+from gpupower_operator.core.conditions import ConditionUpdate
+from gpupower_operator.core.signals import (
     Memory,
     Reading,
     Signals,

@@ -1,6 +1,6 @@
 """The reconcile decision: from what is observed now and a plan, the status to write and the writes to make.
 
-Pure: no I/O, no clock (the caller passes ``now``). The shell (``handlers.py``)
+Pure: no I/O, no clock (the caller passes ``now``). The shell (``shell/budgets.py``)
 gathers the observed state, runs the planner, calls :func:`reconcile` and
 applies the returned writes in the returned order.
 
@@ -60,11 +60,11 @@ from gpupower_api.models import (
     WorkloadRef,
 )
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
-from gpupower_operator import conditions as cond
-from gpupower_operator import inventory, profiles
-from gpupower_operator.oversubscription import GuardMemory
-from gpupower_operator.planner import Plan
-from gpupower_operator.signals import METRICS_AVAILABLE, Signals
+from gpupower_operator.core import conditions as cond
+from gpupower_operator.core import inventory, profiles
+from gpupower_operator.core.oversubscription import GuardMemory
+from gpupower_operator.core.planner import Plan
+from gpupower_operator.core.signals import METRICS_AVAILABLE, Signals
 
 MAX_NAMED_CONFLICTS = 3
 MAX_NAMED_PODS = 5

@@ -23,7 +23,7 @@ The rule, per tree (README, "How a domain allocates its watts"):
    next step needs fewer watts goes first (then fewer GPUs, then namespace and
    name), which makes the optimum unique.
 
-Each budget's steps are its planner's own (:class:`~gpupower_operator.planner.ServedCurve`:
+Each budget's steps are its planner's own (:class:`~gpupower_operator.core.planner.ServedCurve`:
 the least milliwatts that serve each fraction), so planning a budget with its
 allocation gives back exactly the plan the allocation counted on.
 
@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
-from gpupower_operator.planner import Level, Problem, ServedCurve, budget_milliwatts, percent_text
+from gpupower_operator.core.planner import Level, Problem, ServedCurve, budget_milliwatts, percent_text
 
 
 class Limit(StrEnum):

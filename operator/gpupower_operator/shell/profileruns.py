@@ -40,13 +40,13 @@ from gpupower_api.models import (
 )
 from gpupower_api.profilerun import RUN_PLURAL, RunPhase, RunSpec, RunStatus, parse_run_spec, parse_run_status
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
-from gpupower_operator import reconcile as rc
-from gpupower_operator import sweep
-from gpupower_operator.index import PodIndex
-from gpupower_operator.kube import MERGE_PATCH
-from gpupower_operator.prometheus import MetricsReader, PrometheusError, single_value
-from gpupower_operator.signals import NoSignal
-from gpupower_operator.signalsource import SecretError, SignalSource
+from gpupower_operator.adapters.kube import MERGE_PATCH
+from gpupower_operator.adapters.prometheus import MetricsReader, PrometheusError, single_value
+from gpupower_operator.core import reconcile as rc
+from gpupower_operator.core import sweep
+from gpupower_operator.core.signals import NoSignal
+from gpupower_operator.shell.index import PodIndex
+from gpupower_operator.shell.signalsource import SecretError, SignalSource
 
 log = logging.getLogger("gpupower_operator")
 

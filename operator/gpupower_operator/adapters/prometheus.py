@@ -19,7 +19,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from gpupower_operator.signals import NoSignal
+from gpupower_operator.core.signals import NoSignal
 
 
 class PrometheusError(Exception):

@@ -3,7 +3,7 @@
 One allocator task runs while this replica leads. It wakes when a domain, a
 namespace's labels, a Node (its labels, or what its agent reports its GPUs
 hold) or a budget's offer changes, decides everything at once with
-:func:`gpupower_operator.domainstate.decide`, writes each domain's status,
+:func:`gpupower_operator.core.domainstate.decide`, writes each domain's status,
 and wakes the budgets whose share changed.
 
 A budget of a domain does not plan within ``totalWatts``: its reconcile
@@ -38,12 +38,12 @@ from gpupower_api.models import (
     ConditionStatus,
     InvalidSpecError,
 )
-from gpupower_operator import conditions as cond
-from gpupower_operator import domainstate as ds
-from gpupower_operator.kube import Cluster
-from gpupower_operator.metrics import OperatorMetrics
-from gpupower_operator.planner import Problem, budget_milliwatts
-from gpupower_operator.reconcile import DomainContext
+from gpupower_operator.adapters.kube import Cluster
+from gpupower_operator.core import conditions as cond
+from gpupower_operator.core import domainstate as ds
+from gpupower_operator.core.planner import Problem, budget_milliwatts
+from gpupower_operator.core.reconcile import DomainContext
+from gpupower_operator.shell.metrics import OperatorMetrics
 
 log = logging.getLogger("gpupower_operator")
 

@@ -2,10 +2,10 @@
 
 Every reconcile is level-triggered: it reads the budget from the watch cache,
 each target's ``/scale``, and the pods from the pod index, computes the whole
-desired state with :mod:`gpupower_operator.reconcile`, and applies the writes
+desired state with :mod:`gpupower_operator.core.reconcile`, and applies the writes
 step by step in the order that decision returns. A budget's worker wakes on a
 change of its spec, on an event of a pod its targets select (or that carries its
-annotation; pods come from :mod:`gpupower_operator.podwatch`), and every
+annotation; pods come from :mod:`gpupower_operator.shell.podwatch`), and every
 ``resync_seconds``. Errors are logged, counted, and
 retried with exponential backoff; since every step is safe on its own, a
 reconcile cut short (error, restart) leaves the fleet within the budget and the
@@ -38,14 +38,22 @@ from gpupower_api.contract import (
 )
 from gpupower_api.models import GROUP, PLURAL, VERSION, BudgetSpec, BudgetStatus, InvalidSpecError, parse_spec
 from gpupower_api.selectors import InvalidSelectorError, parse_selector
-from gpupower_operator import domain_handlers, inventory, oversubscription, sweep
-from gpupower_operator import reconcile as rc
-from gpupower_operator.index import BudgetKey, PodIndex, SelectorIndex
-from gpupower_operator.kube import Cluster
-from gpupower_operator.measurements import MeasurementBoard
-from gpupower_operator.metrics import OperatorMetrics
-from gpupower_operator.planner import Plan, Problem, budget_milliwatts, floor_watts, plan, problem_from_spec
-from gpupower_operator.signalsource import SignalSource
+from gpupower_operator.adapters.kube import Cluster
+from gpupower_operator.core import inventory, oversubscription, sweep
+from gpupower_operator.core import reconcile as rc
+from gpupower_operator.core.planner import (
+    Plan,
+    Problem,
+    budget_milliwatts,
+    floor_watts,
+    plan,
+    problem_from_spec,
+)
+from gpupower_operator.shell import domains
+from gpupower_operator.shell.index import BudgetKey, PodIndex, SelectorIndex
+from gpupower_operator.shell.metrics import OperatorMetrics
+from gpupower_operator.shell.profileruns import MeasurementBoard
+from gpupower_operator.shell.signalsource import SignalSource
 
 log = logging.getLogger("gpupower_operator")
 
@@ -184,7 +192,7 @@ class Runtime:
         # The pods profile runs measure, and the budgets' answers to the caps they ask for.
         self.board = MeasurementBoard()
         # The power domains: their allocation, and each budget's grant (the watts it plans within).
-        self.domain_runtime = domain_handlers.DomainRuntime(
+        self.domain_runtime = domains.DomainRuntime(
             cluster,
             metrics,
             wake_budgets=self.wake,
@@ -535,12 +543,8 @@ class Runtime:
         if share is not None and share.grant_milliwatts is not None:
             milliwatts = share.grant_milliwatts
         else:
-            milliwatts = budget_milliwatts(domain_handlers.fallback_watts(old_status, floor_watts(problem)))
-        context = (
-            domain_handlers.budget_context(share, spec)
-            if share is not None
-            else domain_handlers.waiting_context(spec)
-        )
+            milliwatts = budget_milliwatts(domains.fallback_watts(old_status, floor_watts(problem)))
+        context = domains.budget_context(share, spec) if share is not None else domains.waiting_context(spec)
         self.domain_runtime.taken(key, milliwatts)
         return replace(problem, total_watts=max(milliwatts, 1) / 1000), context
 

@@ -41,9 +41,10 @@ from gpupower_api.profilerun import (
     parse_run_spec,
     parse_run_status,
 )
-from gpupower_operator import budgetfile, profile_import, profiles, sweep
-from gpupower_operator.kube import load_configuration
-from gpupower_operator.profile_import import Format, Measurement, ResultFileError, Unit
+from gpupower_operator.adapters.kube import load_configuration
+from gpupower_operator.cli import budgetfile, profile_import
+from gpupower_operator.cli.profile_import import Format, Measurement, ResultFileError, Unit
+from gpupower_operator.core import profiles, sweep
 
 app = typer.Typer(
     add_completion=False,

@@ -1,6 +1,6 @@
 """The power domains as the operator decides them, pure: domains, nodes and budgets in; shares out.
 
-The shell (:mod:`gpupower_operator.domain_handlers`) gathers what the API says —
+The shell (:mod:`gpupower_operator.shell.domains`) gathers what the API says —
 the domains, every Node with what its agent reports its GPUs hold
 (``gpupower.dev/gpu-power-held``), the namespaces' labels, and each budget of a
 domain with the planner problem its last reconcile offered — and :func:`decide`
@@ -24,8 +24,8 @@ turns it into each budget's share and each domain's report. The rules:
 - **Budgets.** A budget draws from its domain when the domain exists, is
   valid, and every domain up its chain admits its namespace; otherwise it is
   held to its floor (fail closed) and a condition says why. The allocation
-  (:func:`gpupower_operator.allocation.allocate`) gives each budget what its
-  plan needs; the grant (:mod:`gpupower_operator.handover`) is what it may plan
+  (:func:`gpupower_operator.core.allocation.allocate`) gives each budget what its
+  plan needs; the grant (:mod:`gpupower_operator.core.handover`) is what it may plan
   within now, so that the GPUs never hold more than a limit on the way.
 """
 
@@ -46,11 +46,11 @@ from gpupower_api.contract import (
 )
 from gpupower_api.domains import DomainSpec, NodePlace, place_node
 from gpupower_api.models import ConditionStatus
-from gpupower_operator import allocation as alloc
-from gpupower_operator import conditions as cond
-from gpupower_operator import handover
-from gpupower_operator.conditions import ConditionUpdate
-from gpupower_operator.planner import Problem, budget_milliwatts, floor_watts
+from gpupower_operator.core import allocation as alloc
+from gpupower_operator.core import conditions as cond
+from gpupower_operator.core import handover
+from gpupower_operator.core.conditions import ConditionUpdate
+from gpupower_operator.core.planner import Problem, budget_milliwatts, floor_watts
 
 MAX_NAMED = 5
 

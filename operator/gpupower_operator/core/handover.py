@@ -1,6 +1,6 @@
 """Moving watts between the budgets of a domain without overshooting it on the way: the grants, pure.
 
-The allocation (:mod:`gpupower_operator.allocation`) says where a domain's watts
+The allocation (:mod:`gpupower_operator.core.allocation`) says where a domain's watts
 should be; the hardware says where they are. When the allocation takes watts
 from one budget and gives them to another, the giver's GPUs hold their old
 limits until its agents have lowered them, and the receiver must not raise

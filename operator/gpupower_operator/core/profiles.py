@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpupower_api.models import Profile, RaisedPoint
-from gpupower_operator import planner
+from gpupower_operator.core import planner
 
 
 def raised_points(profile: Profile) -> tuple[planner.RaisedPoint, ...]:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gpupower_api.selectors import InvalidSelectorError, Selector, parse_selector
-from gpupower_operator.reconcile import PodState
+from gpupower_operator.core.reconcile import PodState
 
 BudgetKey = tuple[str, str]  # (namespace, name)
 _LabelKey = tuple[str, str, str]  # (namespace, label, value)

@@ -21,8 +21,9 @@ from rich.table import Table
 
 from gpupower_api import domains
 from gpupower_api.models import API_VERSION, KIND, GpuPowerBudget, InvalidSpecError, Strategy, parse_budget
-from gpupower_operator import allocation, planner, profile_cli, profiles
-from gpupower_operator.planner import Plan
+from gpupower_operator.cli import profile
+from gpupower_operator.core import allocation, planner, profiles
+from gpupower_operator.core.planner import Plan
 
 app = typer.Typer(
     add_completion=False,
@@ -30,7 +31,7 @@ app = typer.Typer(
     help="Plan GPU power budgets: replicas and per-GPU caps that serve the most demand within the watts.",
     pretty_exceptions_enable=False,
 )
-app.add_typer(profile_cli.app, name="profile")
+app.add_typer(profile.app, name="profile")
 # Tables keep their width when piped (rich would otherwise assume 80 columns).
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

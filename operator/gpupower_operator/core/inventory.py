@@ -33,7 +33,7 @@ from gpupower_api.contract import (
     parse_watts_label,
 )
 from gpupower_api.models import Target
-from gpupower_operator import conditions as cond
+from gpupower_operator.core import conditions as cond
 
 MAX_NAMED_NODES = 5
 

@@ -2,7 +2,7 @@
 
 The core (:func:`advance`) is pure: the memory of a budget and one reading in,
 the new memory and the :class:`Signals` for the planner out. The shell
-(:class:`gpupower_operator.signalsource.SignalSource`) reads Prometheus at most
+(:class:`gpupower_operator.shell.signalsource.SignalSource`) reads Prometheus at most
 once per ``intervalSeconds`` per budget and keeps the memory between reconciles.
 
 Degradation policy:
@@ -26,16 +26,16 @@ from enum import StrEnum
 from typing import Any
 
 from gpupower_api.models import BudgetSpec, BudgetStatus, PrometheusSpec, Target, TargetStatus
-from gpupower_operator import promql
-from gpupower_operator.conditions import ConditionUpdate, false, true
-from gpupower_operator.correction import (
+from gpupower_operator.core import promql
+from gpupower_operator.core.conditions import ConditionUpdate, false, true
+from gpupower_operator.core.correction import (
     CorrectionSettings,
     CorrectionState,
     Factors,
     Observation,
     step,
 )
-from gpupower_operator.planner import ProfilePoint, throughput_at
+from gpupower_operator.core.planner import ProfilePoint, throughput_at
 
 
 @dataclass(frozen=True)

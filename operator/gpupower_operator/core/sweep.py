@@ -2,7 +2,7 @@
 
 Pure: plain values in, plain values out; the caller passes ``now`` (seconds
 since the epoch) and what it observed. The shell
-(:mod:`gpupower_operator.measurements`) reads the run, the pod and Prometheus,
+(:mod:`gpupower_operator.shell.profileruns`) reads the run, the pod and Prometheus,
 calls :func:`advance`, grants what it returns and writes the status.
 
 The sweep, level by level (one level per cap, in the order given):
@@ -44,8 +44,8 @@ from gpupower_api.models import (
     Target,
 )
 from gpupower_api.profilerun import LevelPhase, LevelStatus, RunPhase, RunSpec, RunStatus
-from gpupower_operator import planner, promql
-from gpupower_operator.conditions import ConditionUpdate, merge_conditions
+from gpupower_operator.core import planner, promql
+from gpupower_operator.core.conditions import ConditionUpdate, merge_conditions
 
 # How long a granted cap may take to hold on the pod's GPUs (the budget's safe order and the agent).
 CAP_TIMEOUT_SECONDS = 120.0

@@ -2,7 +2,7 @@
 
 Pods are the bulk of what the operator sees (ten per budget or more), so they
 bypass kopf's per-object machinery: each event is reduced at once to a small
-:class:`~gpupower_operator.reconcile.PodState`. A list (paginated) gives the
+:class:`~gpupower_operator.core.reconcile.PodState`. A list (paginated) gives the
 starting point; the watch resumes from its resourceVersion, with bookmarks; an
 expired version (410 Gone) or a dropped connection relists after a backoff.
 ``synced`` is set once every scope has been listed, so no reconcile runs on a

@@ -1,0 +1,1 @@
+"""The ``gpupower`` command line: plan budget files, import and measure profiles."""
