@@ -280,3 +280,29 @@ def parse_held_report(value: object) -> NodeHeld:
     if held.gpus > 1000:
         raise InvalidHeldReportError(f"{held.gpus} GPUs: more than a node can have")
     return held
+
+
+# ---------------------------------------------------------------------------
+# The agent's heartbeat: one coordination.k8s.io Lease per node agent.
+#
+# Every report the operator trusts from an agent (the pods' PowerCapped
+# condition, the Node's gpu-power-held annotation) is only as fresh as its
+# agent. Each agent keeps a Lease named for its node, in the agent's namespace,
+# renewed every AGENT_LEASE_RENEW_SECONDS with leaseDurationSeconds =
+# AGENT_LEASE_DURATION_SECONDS. The operator trusts a node's reports only while
+# that Lease is live; a node whose Lease expires (or never existed) is counted
+# at each GPU's maximum, and raises that depend on its pods wait.
+
+AGENT_LEASE_PREFIX = "gpupower-agent-"
+AGENT_LEASE_NODE_LABEL = f"{PREFIX}/node"  # on each agent Lease: the node it speaks for
+AGENT_LEASE_DURATION_SECONDS = 15
+AGENT_LEASE_RENEW_SECONDS = 5
+_MAX_NAME_LENGTH = 253
+
+
+def agent_lease_name(node_name: str) -> str:
+    """The name of the heartbeat Lease of the agent on ``node_name`` (a node name is a DNS subdomain)."""
+    name = AGENT_LEASE_PREFIX + node_name
+    if len(name) > _MAX_NAME_LENGTH:
+        raise ValueError(f"node name {node_name!r}: too long for an agent Lease name")
+    return name
